@@ -1,0 +1,224 @@
+"""Units of work a batcher runs, and the per-session order between them.
+
+A unit is a single session's request (T steps, or a forecast) or a group: one
+batch request's items of one model version, sharing one future. `Order` keeps
+each session's units in submission order without rescanning queues: a unit
+waits on the last unfinished unit of each of its sessions and becomes ready
+when all of those have finished, so at most one unit per session is ever ready
+or running and a deep pipeline of one session costs O(1) per unit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from service.errors import SeqServeError
+
+F32 = npt.NDArray[np.float32]
+I64 = npt.NDArray[np.int64]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    outputs: F32  # (T, O)
+    position: int  # the session's position after the step
+
+
+@dataclass(frozen=True, slots=True)
+class ForecastResult:
+    outputs: F32  # (H, O)
+    position: int  # the session's (unchanged) position
+
+
+class _Unit:
+    """What Order needs of every unit: the units waiting on it and how many it waits on."""
+
+    __slots__ = ("blockers", "dependents")
+
+    def __init__(self) -> None:
+        self.blockers = 0
+        self.dependents: list[Unit] | None = None
+
+    def slot_keys(self) -> Sequence[int]:
+        raise NotImplementedError
+
+
+class StepWork(_Unit):
+    """One session's request of T steps (the stream and unary paths)."""
+
+    __slots__ = ("epoch", "expected", "future", "owner", "session_id", "slot", "x")
+
+    def __init__(
+        self,
+        owner: object,
+        session_id: str,
+        slot: int,
+        epoch: int,
+        x: F32,
+        expected: int | None,
+        future: asyncio.Future[StepResult],
+    ) -> None:
+        super().__init__()
+        self.owner = owner
+        self.session_id = session_id
+        self.slot = slot
+        self.epoch = epoch  # the slot's epoch at submission
+        self.x = x  # (T, F)
+        self.expected = expected  # position the client expects, or None
+        self.future = future
+
+    def slot_keys(self) -> Sequence[int]:
+        return (self.slot,)
+
+
+class ForecastWork(_Unit):
+    """A rollout from one session's state; reads it, never writes it."""
+
+    __slots__ = ("epoch", "future", "horizon", "owner", "session_id", "slot")
+
+    def __init__(
+        self,
+        owner: object,
+        session_id: str,
+        slot: int,
+        epoch: int,
+        horizon: int,
+        future: asyncio.Future[ForecastResult],
+    ) -> None:
+        super().__init__()
+        self.owner = owner
+        self.session_id = session_id
+        self.slot = slot
+        self.epoch = epoch
+        self.horizon = horizon
+        self.future = future
+
+    def slot_keys(self) -> Sequence[int]:
+        return (self.slot,)
+
+
+class GroupWork(_Unit):
+    """Steps of many distinct sessions from one batch request, with one future.
+
+    The batcher fills the result columns in place and resolves `future` with
+    the group itself.
+    """
+
+    __slots__ = (
+        "epochs",
+        "errors",
+        "future",
+        "in_offsets",
+        "ok",
+        "out_offsets",
+        "outputs",
+        "owners",
+        "positions",
+        "session_ids",
+        "slot_list",
+        "slots",
+        "times",
+        "x",
+    )
+
+    def __init__(
+        self,
+        owners: Sequence[object],
+        session_ids: Sequence[str],
+        slots: I64,
+        epochs: npt.NDArray[np.uint32],
+        times: I64,
+        x: F32,
+        input_size: int,
+        output_size: int,
+        future: asyncio.Future[GroupWork],
+    ) -> None:
+        super().__init__()
+        n = len(slots)
+        self.owners = owners
+        self.session_ids = session_ids
+        self.slots = slots  # (n,)
+        self.slot_list: list[int] = slots.tolist()
+        self.epochs = epochs  # (n,)
+        self.times = times  # (n,)
+        self.x = x  # (sum(times) * F,) time-major per item
+        self.in_offsets = (np.cumsum(times) - times) * input_size  # (n,)
+        self.out_offsets = (np.cumsum(times) - times) * output_size  # (n,)
+        self.outputs = np.zeros(int(times.sum()) * output_size, np.float32)
+        self.ok = np.zeros(n, bool)
+        self.positions = np.zeros(n, np.int64)
+        self.errors: list[tuple[int, SeqServeError]] = []
+        self.future = future
+
+    def slot_keys(self) -> Sequence[int]:
+        return self.slot_list
+
+    def fail(self, i: int, err: SeqServeError) -> None:
+        self.ok[i] = False
+        self.errors.append((i, err))
+
+
+Unit = StepWork | ForecastWork | GroupWork
+
+
+def rows(unit: Unit) -> int:
+    return len(unit.slots) if isinstance(unit, GroupWork) else 1
+
+
+def settle(fut: asyncio.Future[T], value: T) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
+def fail(fut: asyncio.Future[Any], err: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(err)
+
+
+class Order:
+    """Per-slot submission order: which units may run now."""
+
+    def __init__(self) -> None:
+        self._tail: dict[int, Unit] = {}  # slot -> its last unfinished unit
+        self.unfinished: dict[Unit, None] = {}  # every unit added and not yet done, in order
+
+    def add(self, unit: Unit) -> bool:
+        """Register a unit; True when it may run now (no earlier unit shares a slot)."""
+        tail = self._tail
+        blockers = 0
+        for slot in unit.slot_keys():
+            prev = tail.get(slot)
+            if prev is not None:
+                deps = prev.dependents
+                if deps is None:
+                    prev.dependents = [unit]
+                    blockers += 1
+                elif deps[-1] is not unit:  # a group may meet one unit on many slots
+                    deps.append(unit)
+                    blockers += 1
+            tail[slot] = unit
+        unit.blockers = blockers
+        self.unfinished[unit] = None
+        return blockers == 0
+
+    def done(self, unit: Unit) -> list[Unit]:
+        """Mark a unit finished (exactly once); the units that may run now because of it."""
+        tail = self._tail
+        for slot in unit.slot_keys():
+            if tail.get(slot) is unit:
+                del tail[slot]
+        del self.unfinished[unit]
+        ready: list[Unit] = []
+        for d in unit.dependents or ():
+            d.blockers -= 1
+            if d.blockers == 0:
+                ready.append(d)
+        unit.dependents = None
+        return ready
