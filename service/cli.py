@@ -1,0 +1,213 @@
+"""The `seqserve` command.
+
+    seqserve serve [flags]            serve a model repository (flags or SEQSERVE_* variables)
+    seqserve models [--target|--repository]   list the models of a server or a folder
+    seqserve predict --model M --csv F        stream a CSV through a running server
+    seqserve train|export|compare ...         the PyTorch side (needs seqserve[train])
+    seqserve bench ...                        the benchmark
+
+Heavy imports happen inside the subcommand that needs them: `serve` loads ONNX
+Runtime, `train` loads torch, the others load neither.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from service.settings import ServerSettings, SettingsError
+
+# Subcommands owned by other packages: module, whether it gets the subcommand name, help.
+DELEGATED: dict[str, tuple[str, bool, str]] = {
+    "train": ("models.cli", True, "train a forecaster (PyTorch, needs seqserve[train])"),
+    "export": ("models.cli", True, "export a checkpoint to the ONNX model contract"),
+    "compare": ("models.cli", True, "compare RNN, GRU and LSTM on size, cost and error"),
+    "bench": ("service.bench", False, "measure the server against its floors"),
+}
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="seqserve",
+        description="Stateful streaming inference of recurrent sequence models over gRPC.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser(
+        "serve",
+        help="serve a model repository",
+        description="Serve every model in a repository folder. Each flag also reads "
+        "the SEQSERVE_* variable named in its help; a flag wins over its variable.",
+    )
+    ServerSettings.add_arguments(serve)
+    serve.set_defaults(run=_serve)
+
+    models = sub.add_parser("models", help="list the models of a running server or a folder")
+    where = models.add_mutually_exclusive_group()
+    where.add_argument("--target", default="localhost:50051", help="server HOST:PORT")
+    where.add_argument("--repository", type=Path, help="read a repository folder instead")
+    models.set_defaults(run=_models)
+
+    from service import predict  # light: the client and numpy
+
+    pred = sub.add_parser(
+        "predict",
+        help="stream a CSV through a running server",
+        description=predict.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    predict.add_arguments(pred)
+    pred.set_defaults(run=predict.run)
+
+    for name, (_, _, summary) in DELEGATED.items():
+        # Listed for --help only: main() hands these over before parsing.
+        sub.add_parser(name, help=summary, add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in DELEGATED:
+        module_name, with_name, _ = DELEGATED[argv[0]]
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            print(
+                f"seqserve {argv[0]}: cannot import {module_name} ({exc}); "
+                "the PyTorch commands need `pip install 'seqserve[train]'`",
+                file=sys.stderr,
+            )
+            return 2
+        code: int = module.main(argv if with_name else argv[1:])
+        return code
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    code = args.run(args)
+    return int(code)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        settings = ServerSettings.from_sources(args)
+    except SettingsError as exc:
+        print(f"seqserve serve: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
+    from service.runtime import ModelLoadError  # loads ONNX Runtime
+    from service.server import serve
+
+    try:
+        asyncio.run(serve(settings))
+    except (ModelLoadError, OSError) as exc:
+        logging.getLogger("seqserve").error("cannot start: %s", exc)
+        return 1
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    if args.repository is not None:
+        return _models_in_folder(args.repository)
+    from service.client import Client, SeqServeClientError
+
+    try:
+        with Client(args.target, timeout=10.0) as client:
+            rows = []
+            for entry in client.list_models():
+                for version in entry.versions:
+                    m = client.model_info(entry.name, version)
+                    rows.append(
+                        _row(
+                            m.name,
+                            m.version,
+                            version == entry.latest,
+                            m.cell,
+                            m.input_size,
+                            m.output_size,
+                            m.hidden_size,
+                            m.num_layers,
+                            m.parameters,
+                            m.autoregressive,
+                        )
+                    )
+    except SeqServeClientError as exc:
+        print(f"seqserve models: {args.target}: {exc}", file=sys.stderr)
+        return 1
+    _print_table(rows)
+    return 0
+
+
+def _models_in_folder(repository: Path) -> int:
+    from service.runtime import version_key
+    from service.spec import SpecError, load_spec
+
+    if not repository.is_dir():
+        print(f"seqserve models: {repository} is not a folder", file=sys.stderr)
+        return 2
+    rows = []
+    for model_dir in sorted(p for p in repository.iterdir() if p.is_dir()):
+        versions = sorted(
+            (p for p in model_dir.iterdir() if p.is_dir()), key=lambda p: version_key(p.name)
+        )
+        for v in versions:
+            try:
+                s = load_spec(v)
+            except SpecError as exc:
+                print(f"seqserve models: {model_dir.name}/{v.name}: {exc}", file=sys.stderr)
+                return 1
+            latest = v == versions[-1]
+            rows.append(
+                _row(
+                    model_dir.name,
+                    v.name,
+                    latest,
+                    s.cell,
+                    s.input_size,
+                    s.output_size,
+                    s.hidden_size,
+                    s.num_layers,
+                    s.parameters,
+                    s.autoregressive,
+                )
+            )
+    _print_table(rows)
+    return 0
+
+
+def _row(
+    name: str,
+    version: str,
+    latest: bool,
+    cell: str,
+    inputs: int,
+    outputs: int,
+    hidden: int,
+    layers: int,
+    parameters: int,
+    autoregressive: bool,
+) -> dict[str, str]:
+    return {
+        "model": name,
+        "version": version + (" (latest)" if latest else ""),
+        "cell": cell,
+        "in": str(inputs),
+        "out": str(outputs),
+        "hidden": f"{hidden}x{layers}",
+        "parameters": str(parameters),
+        "autoregressive": "yes" if autoregressive else "no",
+    }
+
+
+def _print_table(rows: list[dict[str, str]]) -> None:
+    if not rows:
+        print("no models")
+        return
+    widths = {k: max(len(k), *(len(r[k]) for r in rows)) for k in rows[0]}
+    print("  ".join(k.ljust(w) for k, w in widths.items()))
+    for row in rows:
+        print("  ".join(row[k].ljust(w) for k, w in widths.items()))

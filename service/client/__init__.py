@@ -1,0 +1,57 @@
+"""Python client for seqserve: `Client` (blocking) and `AsyncClient` (asyncio).
+
+    from service.client import Client
+
+    with Client("localhost:50051") as client, client.session("co2-lstm") as s:
+        y = s.step([[400.1], [400.3]])          # (T, F) in, (T, O) out
+        for y in s.stream(chunks):              # pipelined over one stream
+            ...
+        future = s.forecast(52)                 # (H, O); the session is unchanged
+
+Failed calls raise a `SeqServeClientError` subclass carrying `.code` (the
+gRPC status code) and `.message` (what was expected and what arrived).
+"""
+
+from service.client._common import (
+    AlreadyExistsError,
+    BatchResult,
+    CallCancelledError,
+    DeadlineExceededError,
+    FailedPreconditionError,
+    InternalError,
+    InvalidArgumentError,
+    ModelInfo,
+    ModelVersions,
+    NotFoundError,
+    ResourceExhaustedError,
+    SeqServeClientError,
+    SessionInfo,
+    StateInfo,
+    StreamResult,
+    UnavailableError,
+)
+from service.client.aio import AsyncClient, AsyncSession
+from service.client.sync import Client, Session
+
+__all__ = [
+    "AlreadyExistsError",
+    "AsyncClient",
+    "AsyncSession",
+    "BatchResult",
+    "CallCancelledError",
+    "Client",
+    "DeadlineExceededError",
+    "FailedPreconditionError",
+    "InternalError",
+    "InvalidArgumentError",
+    "ModelInfo",
+    "ModelVersions",
+    "NotFoundError",
+    "ResourceExhaustedError",
+    "SeqServeClientError",
+    "Session",
+    "SessionInfo",
+    "StateInfo",
+    "StreamResult",
+    "UnavailableError",
+]

@@ -1,0 +1,270 @@
+"""What the sync and asyncio clients share: typed errors, array conversion, results.
+
+Arrays: a step is `input_size` values, so a 1-D array (F,) (or a scalar when
+F == 1) is one step and a 2-D array (T, F) is T steps. Outputs are always
+(T, O) float32 arrays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+
+from service.api import seqserve_pb2 as pb
+from service.grpc_errors import status_code
+
+F32 = npt.NDArray[np.float32]
+ArrayLike = npt.ArrayLike
+
+# Keep the client's limit in step with the server's default, so large chunks and
+# batches are refused by the server's checks rather than by the client's transport.
+DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+    ]
+
+
+class SeqServeClientError(Exception):
+    """A call failed; `code` is the gRPC status code, `message` the server's explanation."""
+
+    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+
+    def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+    def __str__(self) -> str:
+        return f"{self.code.name}: {self.message}"
+
+
+class InvalidArgumentError(SeqServeClientError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFoundError(SeqServeClientError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExistsError(SeqServeClientError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class ResourceExhaustedError(SeqServeClientError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class FailedPreconditionError(SeqServeClientError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class UnavailableError(SeqServeClientError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class InternalError(SeqServeClientError):
+    code = grpc.StatusCode.INTERNAL
+
+
+class DeadlineExceededError(SeqServeClientError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class CallCancelledError(SeqServeClientError):
+    code = grpc.StatusCode.CANCELLED
+
+
+_ERRORS: dict[grpc.StatusCode, type[SeqServeClientError]] = {
+    cls.code: cls
+    for cls in (
+        InvalidArgumentError,
+        NotFoundError,
+        AlreadyExistsError,
+        ResourceExhaustedError,
+        FailedPreconditionError,
+        UnavailableError,
+        InternalError,
+        DeadlineExceededError,
+        CallCancelledError,
+    )
+}
+
+
+def error_for(code: grpc.StatusCode, message: str) -> SeqServeClientError:
+    """The typed exception for a status code (the base class for codes without one)."""
+    cls = _ERRORS.get(code)
+    return cls(message) if cls is not None else SeqServeClientError(message, code)
+
+
+def from_rpc_error(exc: grpc.RpcError) -> SeqServeClientError:
+    """Translate a grpc error (sync or aio) into the typed exception."""
+    code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    return error_for(code, details or "")
+
+
+def from_status_pb(status: pb.Status) -> SeqServeClientError:
+    """Translate an in-band error of the stream or batch call."""
+    return error_for(status_code(status.code), status.message)
+
+
+def as_steps(values: ArrayLike) -> tuple[F32, int]:
+    """Flatten steps for the wire: returns (values (T * F,), T)."""
+    x = np.asarray(values, dtype=np.float32)
+    if x.ndim > 2:
+        raise ValueError(f"steps: expected (F,) or (T, F) values, got shape {x.shape}")
+    time = x.shape[0] if x.ndim == 2 else 1
+    return x.ravel(), time  # (T * F,)
+
+
+def outputs_of(values: Any, time: int, output_size: int) -> F32:
+    """Wire outputs back to (T, O)."""
+    return np.asarray(values, dtype=np.float32).reshape(time, output_size)  # (T, O)
+
+
+def step_request(
+    session_id: str, values: ArrayLike, request_id: int = 0, position: int | None = None
+) -> pb.StepRequest:
+    flat, _ = as_steps(values)
+    return pb.StepRequest(
+        session_id=session_id, values=flat.tolist(), request_id=request_id, position=position
+    )
+
+
+def step_outputs(response: pb.StepResponse) -> F32:
+    """A step response's (T, O) outputs, or its in-band error raised."""
+    if response.HasField("error"):
+        raise from_status_pb(response.error)
+    return outputs_of(response.outputs, response.time, response.output_size)
+
+
+@dataclass(frozen=True)
+class ModelVersions:
+    name: str
+    versions: list[str]
+    latest: str
+
+
+@dataclass(frozen=True)
+class StateInfo:
+    input_name: str
+    output_name: str
+    shape: tuple[int, ...]  # the batch axis written as -1
+    batch_axis: int
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    version: str
+    cell: str
+    input_size: int
+    output_size: int
+    hidden_size: int
+    num_layers: int
+    states: tuple[StateInfo, ...]
+    parameters: int
+    macs_per_step: int
+    autoregressive: bool
+    max_steps_per_request: int
+    spec_json: str
+
+    @classmethod
+    def from_pb(cls, m: pb.ModelInfo) -> ModelInfo:
+        return cls(
+            name=m.name,
+            version=m.version,
+            cell=m.cell,
+            input_size=m.input_size,
+            output_size=m.output_size,
+            hidden_size=m.hidden_size,
+            num_layers=m.num_layers,
+            states=tuple(
+                StateInfo(s.input_name, s.output_name, tuple(s.shape), s.batch_axis)
+                for s in m.states
+            ),
+            parameters=m.parameters,
+            macs_per_step=m.macs_per_step,
+            autoregressive=m.autoregressive,
+            max_steps_per_request=m.max_steps_per_request,
+            spec_json=m.spec_json,
+        )
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    session_id: str
+    model: str
+    version: str
+    position: int  # steps consumed so far
+    idle_seconds: float
+    ttl_seconds: float
+
+    @classmethod
+    def from_pb(cls, s: pb.SessionInfo) -> SessionInfo:
+        return cls(s.session_id, s.model, s.version, s.position, s.idle_seconds, s.ttl_seconds)
+
+
+@dataclass(frozen=True)
+class StreamResult:
+    """One answer on a multiplexed stream: outputs (T, O), or the step's error."""
+
+    session_id: str
+    request_id: int
+    outputs: F32 | None
+    position: int
+    error: SeqServeClientError | None = None
+
+    @classmethod
+    def from_pb(cls, r: pb.StepResponse) -> StreamResult:
+        if r.HasField("error"):
+            return cls(r.session_id, r.request_id, None, r.position, from_status_pb(r.error))
+        return cls(
+            r.session_id, r.request_id, outputs_of(r.outputs, r.time, r.output_size), r.position
+        )
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """A batch call's results by session id: successes in outputs, failures in errors."""
+
+    outputs: dict[str, F32] = field(default_factory=dict)  # (T, O) each
+    positions: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, SeqServeClientError] = field(default_factory=dict)
+
+
+def batch_request(steps: Mapping[str, ArrayLike], request_id: int = 0) -> pb.BatchStepRequest:
+    """Columnar request: ids, times and every item's values concatenated."""
+    ids = list(steps)
+    flats, times = zip(*(as_steps(steps[sid]) for sid in ids), strict=True) if ids else ((), ())
+    values = np.concatenate(flats) if flats else np.empty(0, np.float32)  # (sum T_i * F,)
+    return pb.BatchStepRequest(
+        session_ids=ids, times=list(times), values=values.tolist(), request_id=request_id
+    )
+
+
+def batch_result(request: pb.BatchStepRequest, response: pb.BatchStepResponse) -> BatchResult:
+    result = BatchResult()
+    failed = {e.index: from_status_pb(e.status) for e in response.errors}
+    flat = np.asarray(response.outputs, dtype=np.float32)  # (sum T_i * O,)
+    offset = 0
+    for i, sid in enumerate(request.session_ids):
+        length = response.output_lengths[i]
+        if i in failed:
+            result.errors[sid] = failed[i]
+        else:
+            time = request.times[i]
+            result.outputs[sid] = flat[offset : offset + length].reshape(time, length // time)
+            result.positions[sid] = response.positions[i]
+        offset += length
+    return result

@@ -1,0 +1,321 @@
+"""The seqserve.v1.Inference servicer: protobuf in, typed core calls, protobuf out.
+
+Nothing here holds sessions or state; the SessionManager does. Each handler
+turns a request into numpy arrays and plain values, calls the core, and turns
+the result (or the exception, through service.grpc_errors) into a response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+import numpy as np
+
+from service import errors
+from service.api import seqserve_pb2 as pb
+from service.api import seqserve_pb2_grpc as pb_grpc
+from service.grpc_errors import to_status, to_status_pb
+from service.runtime import ModelRegistry
+from service.sessions import SessionInfo, SessionManager
+
+ANONYMOUS = "anonymous"
+
+# Steps of one stream that may be read but not yet answered. When reached the
+# servicer stops reading, so HTTP/2 flow control pushes back on the client.
+STREAM_MAX_IN_FLIGHT = 256
+
+_T = TypeVar("_T")
+Context = grpc.aio.ServicerContext[object, object]
+
+
+class _Failed:
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+
+
+class _Sentinel:
+    pass
+
+
+_END = _Sentinel()
+_CLOSE = _Sentinel()
+_StreamItem = pb.StepResponse | _Failed | _Sentinel
+
+
+def principal_of(context: Context) -> str:
+    """Who is calling. The seam for authentication: every core call carries it."""
+    del context  # no authentication yet
+    return ANONYMOUS
+
+
+async def _unary(context: Context, call: Callable[[], Awaitable[_T]]) -> _T:
+    """Run one unary handler body, turning any failure into its status."""
+    try:
+        return await call()
+    except Exception as exc:
+        code, message = to_status(exc)
+        await context.abort(code, message)
+        raise AssertionError("unreachable: abort raises") from exc
+
+
+def _session_pb(info: SessionInfo) -> pb.SessionInfo:
+    return pb.SessionInfo(
+        session_id=info.session_id,
+        model=info.model,
+        version=info.version,
+        position=info.position,
+        idle_seconds=info.idle_seconds,
+        ttl_seconds=info.ttl_seconds,
+    )
+
+
+class InferenceServicer(pb_grpc.InferenceServicer):
+    def __init__(
+        self, registry: ModelRegistry, sessions: SessionManager, *, max_steps_per_request: int
+    ) -> None:
+        self._registry = registry
+        self._sessions = sessions
+        self._max_steps_per_request = max_steps_per_request
+        # One queue per open StepStream; shutdown puts a sentinel in each.
+        self._streams: set[asyncio.Queue[_StreamItem]] = set()
+
+    # -- discovery -------------------------------------------------------------------------------
+
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: Context
+    ) -> pb.ListModelsResponse:
+        async def call() -> pb.ListModelsResponse:
+            return pb.ListModelsResponse(
+                models=[
+                    pb.ModelVersions(name=m.name, versions=list(m.versions), latest=m.latest)
+                    for m in self._registry.list()
+                ]
+            )
+
+        return await _unary(context, call)
+
+    async def GetModel(self, request: pb.GetModelRequest, context: Context) -> pb.ModelInfo:
+        async def call() -> pb.ModelInfo:
+            model = self._registry.get(request.name, request.version or None)
+            spec = model.spec
+            return pb.ModelInfo(
+                name=model.name,
+                version=model.version,
+                cell=spec.cell,
+                input_size=spec.input_size,
+                output_size=spec.output_size,
+                hidden_size=spec.hidden_size,
+                num_layers=spec.num_layers,
+                states=[
+                    pb.StateInfo(
+                        input_name=s.input,
+                        output_name=s.output,
+                        shape=list(s.shape),
+                        batch_axis=s.batch_axis,
+                    )
+                    for s in spec.states
+                ],
+                parameters=spec.parameters,
+                macs_per_step=spec.macs_per_step,
+                autoregressive=spec.autoregressive,
+                max_steps_per_request=self._max_steps_per_request,
+                spec_json=json.dumps(spec.to_dict(), sort_keys=True),
+            )
+
+        return await _unary(context, call)
+
+    # -- session lifecycle -----------------------------------------------------------------------
+
+    async def CreateSession(
+        self, request: pb.CreateSessionRequest, context: Context
+    ) -> pb.SessionInfo:
+        principal = principal_of(context)
+
+        async def call() -> pb.SessionInfo:
+            info = self._sessions.create(
+                request.model, request.version or None, request.session_id or None, principal
+            )
+            return _session_pb(info)
+
+        return await _unary(context, call)
+
+    async def GetSession(self, request: pb.GetSessionRequest, context: Context) -> pb.SessionInfo:
+        principal = principal_of(context)
+
+        async def call() -> pb.SessionInfo:
+            return _session_pb(self._sessions.info(request.session_id, principal))
+
+        return await _unary(context, call)
+
+    async def ResetSession(
+        self, request: pb.ResetSessionRequest, context: Context
+    ) -> pb.SessionInfo:
+        principal = principal_of(context)
+
+        async def call() -> pb.SessionInfo:
+            return _session_pb(self._sessions.reset(request.session_id, principal))
+
+        return await _unary(context, call)
+
+    async def CloseSession(
+        self, request: pb.CloseSessionRequest, context: Context
+    ) -> pb.CloseSessionResponse:
+        principal = principal_of(context)
+
+        async def call() -> pb.CloseSessionResponse:
+            info = self._sessions.close(request.session_id, principal)
+            return pb.CloseSessionResponse(session_id=info.session_id, position=info.position)
+
+        return await _unary(context, call)
+
+    # -- steps -----------------------------------------------------------------------------------
+
+    async def _step(self, request: pb.StepRequest, principal: str) -> pb.StepResponse:
+        values = np.asarray(request.values, dtype=np.float32)  # (T * F,)
+        position = request.position if request.HasField("position") else None
+        result = await self._sessions.step(request.session_id, values, principal, position)
+        time, output_size = result.outputs.shape  # (T, O)
+        return pb.StepResponse(
+            session_id=request.session_id,
+            request_id=request.request_id,
+            time=time,
+            output_size=output_size,
+            outputs=result.outputs.ravel().tolist(),
+            position=result.position,
+        )
+
+    async def Step(self, request: pb.StepRequest, context: Context) -> pb.StepResponse:
+        principal = principal_of(context)
+        return await _unary(context, lambda: self._step(request, principal))
+
+    async def _step_in_band(self, request: pb.StepRequest, principal: str) -> pb.StepResponse:
+        """A stream step: a failure becomes the response's `error`, the stream goes on."""
+        try:
+            return await self._step(request, principal)
+        except Exception as exc:
+            return pb.StepResponse(
+                session_id=request.session_id,
+                request_id=request.request_id,
+                error=to_status_pb(exc),
+            )
+
+    async def StepStream(
+        self, request_iterator: AsyncIterable[pb.StepRequest], context: Context
+    ) -> AsyncIterator[pb.StepResponse]:
+        """Pipelined: requests are read and handed to the core while earlier ones run.
+
+        Each request becomes a task, created in arrival order so the core queues a
+        session's steps in order; a task publishes its response only after the
+        previous response of the same session, so a step refused up front cannot
+        overtake an earlier step of its session. At most STREAM_MAX_IN_FLIGHT
+        steps are read but not yet written.
+        """
+        principal = principal_of(context)
+        out: asyncio.Queue[_StreamItem] = asyncio.Queue()
+        slots = asyncio.Semaphore(STREAM_MAX_IN_FLIGHT)
+        last_of_session: dict[str, asyncio.Task[None]] = {}
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def answer(request: pb.StepRequest, previous: asyncio.Task[None] | None) -> None:
+            response = await self._step_in_band(request, principal)
+            if previous is not None:
+                await asyncio.wait([previous])  # its outcome is its own business
+            out.put_nowait(response)
+
+        def forget(sid: str, task: asyncio.Task[None]) -> None:
+            tasks.discard(task)
+            if last_of_session.get(sid) is task:
+                del last_of_session[sid]
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    await slots.acquire()
+                    sid = request.session_id
+                    task = asyncio.create_task(answer(request, last_of_session.get(sid)))
+                    last_of_session[sid] = task
+                    tasks.add(task)
+                    task.add_done_callback(functools.partial(forget, sid))
+                if tasks:
+                    await asyncio.wait(list(tasks))
+                out.put_nowait(_END)
+            except Exception as exc:  # the transport failed; let the handler raise it
+                out.put_nowait(_Failed(exc))
+
+        reader = asyncio.create_task(read())
+        self._streams.add(out)
+        try:
+            while True:
+                item = await out.get()
+                if isinstance(item, pb.StepResponse):
+                    yield item
+                    slots.release()
+                elif item is _END:
+                    return
+                elif isinstance(item, _Failed):
+                    raise item.exc
+                else:  # _CLOSE: the server is shutting down
+                    reader.cancel()
+                    if tasks:
+                        await asyncio.wait(list(tasks))
+                    while not out.empty():
+                        queued = out.get_nowait()
+                        if isinstance(queued, pb.StepResponse):
+                            yield queued
+                    code, message = to_status(errors.Unavailable("server shutting down"))
+                    await context.abort(code, message)
+        finally:
+            self._streams.discard(out)
+            reader.cancel()
+            for task in list(tasks):
+                task.cancel()
+
+    def close_streams(self) -> None:
+        """Shutdown: end every open StepStream once its in-flight steps are answered."""
+        for out in self._streams:
+            out.put_nowait(_CLOSE)
+
+    async def BatchStep(
+        self, request: pb.BatchStepRequest, context: Context
+    ) -> pb.BatchStepResponse:
+        principal = principal_of(context)
+
+        async def call() -> pb.BatchStepResponse:
+            values = np.asarray(request.values, dtype=np.float32)  # concatenated items' steps
+            times = list(request.times) if request.times else None
+            result = await self._sessions.step_batch(
+                list(request.session_ids), times, values, principal
+            )
+            return pb.BatchStepResponse(
+                request_id=request.request_id,
+                output_lengths=result.output_lengths,
+                outputs=result.outputs.ravel().tolist(),
+                positions=result.positions,
+                errors=[
+                    pb.ItemError(index=index, status=to_status_pb(exc))
+                    for index, exc in result.errors
+                ],
+            )
+
+        return await _unary(context, call)
+
+    async def Forecast(self, request: pb.ForecastRequest, context: Context) -> pb.ForecastResponse:
+        principal = principal_of(context)
+
+        async def call() -> pb.ForecastResponse:
+            result = await self._sessions.forecast(request.session_id, request.horizon, principal)
+            horizon, output_size = result.outputs.shape  # (H, O)
+            return pb.ForecastResponse(
+                session_id=request.session_id,
+                horizon=horizon,
+                output_size=output_size,
+                outputs=result.outputs.ravel().tolist(),
+                position=result.position,
+            )
+
+        return await _unary(context, call)

@@ -1,0 +1,250 @@
+"""Settings of the serving process.
+
+`CoreSettings` holds what the session manager, the batchers and the runtime
+need; it knows nothing of flags, environment variables or the transport.
+`ServerSettings` is the whole `seqserve serve` configuration: each field
+declares its flag, parser, default and help once, and both the command-line
+flags and the SEQSERVE_* environment variables are generated from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class CoreSettings:
+    """Limits and knobs of the serving core (sessions, batching, ONNX Runtime)."""
+
+    session_ttl_s: float = 900.0  # idle time after which a session is evicted
+    max_sessions: int = 100_000  # open sessions over all models
+    max_batch: int = 1024  # rows (sessions) per ONNX Runtime call
+    batch_delay_us: int = 0  # optional wait before a round, to trade latency for batch size
+    max_steps_per_request: int = 4096  # T of one request, and the forecast horizon
+    max_queue: int = 65536  # steps waiting per model version before ResourceExhausted
+    ort_threads: int = 1  # intra-op threads of each InferenceSession
+
+    def __post_init__(self) -> None:
+        checks = {
+            "session_ttl_s": self.session_ttl_s > 0,
+            "max_sessions": self.max_sessions >= 1,
+            "max_batch": self.max_batch >= 1,
+            "batch_delay_us": self.batch_delay_us >= 0,
+            "max_steps_per_request": self.max_steps_per_request >= 1,
+            "max_queue": self.max_queue >= 1,
+            "ort_threads": self.ort_threads >= 1,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            values = ", ".join(f"{name}={getattr(self, name)!r}" for name in bad)
+            raise ValueError(
+                f"invalid core settings: {values} (expected > 0; batch_delay_us may be 0)"
+            )
+
+
+# --- Server settings: every flag and its SEQSERVE_* variable, declared once -------------------
+
+
+class SettingsError(ValueError):
+    """A flag or environment value that cannot be used; the CLI exits 2 with its message."""
+
+
+DEFAULT_REPOSITORY = Path(__file__).resolve().parent.parent / "models" / "repository"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+ENV_PREFIX = "SEQSERVE_"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise SettingsError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise SettingsError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise SettingsError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise SettingsError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def _address(text: str) -> str:
+    host, sep, port = text.rpartition(":")
+    if not (sep and host and port.isdigit() and int(port) <= 65535):
+        raise SettingsError(f"expected HOST:PORT with PORT in 0..65535, got {text!r}")
+    return text
+
+
+def _folder(text: str) -> Path:
+    path = Path(text).expanduser()
+    if not path.is_dir():
+        raise SettingsError(f"expected a model repository folder, got {text!r} (not a folder)")
+    return path
+
+
+def _log_level(text: str) -> str:
+    if text.lower() not in LOG_LEVELS:
+        raise SettingsError(f"expected one of {', '.join(LOG_LEVELS)}, got {text!r}")
+    return text.lower()
+
+
+def _setting(flag: str, parse: Callable[[str], Any], default: Any, help: str) -> Any:
+    """A ServerSettings field: its default, flag, parser and help in one place."""
+    return field(default=default, metadata={"flag": flag, "parse": parse, "help": help})
+
+
+_CORE = CoreSettings()
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """`seqserve serve` configuration. Precedence: flag, then SEQSERVE_<FLAG>, then default."""
+
+    address: str = _setting(
+        "--address", _address, "0.0.0.0:50051", "HOST:PORT to listen on; port 0 picks a free port"
+    )
+    repository: Path = _setting(  # noqa: RUF009 (a Path default is immutable)
+        "--repository",
+        _folder,
+        DEFAULT_REPOSITORY,
+        "folder of <name>/<version>/model.onnx + model.json",
+    )
+    session_ttl_s: float = _setting(
+        "--session-ttl",
+        _positive_float,
+        _CORE.session_ttl_s,
+        "seconds a session may stay idle before it is evicted",
+    )
+    max_sessions: int = _setting(
+        "--max-sessions", _positive_int, _CORE.max_sessions, "sessions the server holds at most"
+    )
+    max_batch: int = _setting(
+        "--max-batch", _positive_int, _CORE.max_batch, "sessions' steps in one model call at most"
+    )
+    batch_delay_us: int = _setting(
+        "--batch-delay-us",
+        _non_negative_int,
+        _CORE.batch_delay_us,
+        "microseconds a batch waits for more steps (latency for throughput)",
+    )
+    max_steps_per_request: int = _setting(
+        "--max-steps-per-request",
+        _positive_int,
+        _CORE.max_steps_per_request,
+        "steps (T) one request may carry",
+    )
+    max_queue: int = _setting(
+        "--max-queue",
+        _positive_int,
+        _CORE.max_queue,
+        "queued steps per model version before RESOURCE_EXHAUSTED",
+    )
+    max_message_bytes: int = _setting(
+        "--max-message-bytes",
+        _positive_int,
+        4 * 1024 * 1024,
+        "largest gRPC message received or sent",
+    )
+    grace_period_s: float = _setting(
+        "--grace-period",
+        _non_negative_float,
+        10.0,
+        "seconds in-flight steps get to finish on shutdown",
+    )
+    ort_threads: int = _setting(
+        "--ort-threads", _positive_int, _CORE.ort_threads, "ONNX Runtime intra-op threads per model"
+    )
+    log_level: str = _setting("--log-level", _log_level, "info", f"one of {', '.join(LOG_LEVELS)}")
+
+    def core(self) -> CoreSettings:
+        """The part of the settings the serving core reads."""
+        return CoreSettings(
+            session_ttl_s=self.session_ttl_s,
+            max_sessions=self.max_sessions,
+            max_batch=self.max_batch,
+            batch_delay_us=self.batch_delay_us,
+            max_steps_per_request=self.max_steps_per_request,
+            max_queue=self.max_queue,
+            ort_threads=self.ort_threads,
+        )
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        """Add one flag per field; each flag's help names its variable and default."""
+
+        for f in fields(ServerSettings):
+            flag: str = f.metadata["flag"]
+            parser.add_argument(
+                flag,
+                dest=f.name,
+                type=_argparse_type(f.metadata["parse"]),
+                default=None,  # None: not given, so the variable or the default applies
+                metavar=flag.lstrip("-").replace("-", "_").upper(),
+                help=f"{f.metadata['help']} [env {env_name(flag)}; default {f.default}]",
+            )
+
+    @classmethod
+    def from_sources(
+        cls, args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None
+    ) -> ServerSettings:
+        """Settings from parsed flags, else SEQSERVE_* variables, else defaults."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            given = getattr(args, f.name, None) if args is not None else None
+            env = env_name(f.metadata["flag"])
+            if given is not None:
+                values[f.name] = given
+            elif env in environ:
+                try:
+                    values[f.name] = f.metadata["parse"](environ[env])
+                except SettingsError as exc:
+                    raise SettingsError(f"{env}: {exc}") from None
+        return cls(**values)
+
+
+def env_name(flag: str) -> str:
+    """--max-batch -> SEQSERVE_MAX_BATCH."""
+    return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
+
+
+def _argparse_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except SettingsError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert

@@ -1,0 +1,44 @@
+"""The bundled models, served, equal their PyTorch checkpoints on the real CO2 series."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from models.checkpoint import load
+from models.data import load_co2
+from service.client import Client
+from service.settings import DEFAULT_REPOSITORY, ServerSettings
+from tests.server.conftest import TOL
+from tests.server.harness import ServerThread
+from tests.support import torch_reference, torch_rollout
+
+BUNDLED = ("co2-lstm", "co2-gru")
+
+
+@pytest.fixture(scope="module")
+def bundled() -> Iterator[ServerThread]:
+    with ServerThread(ServerSettings()) as server:  # the default repository
+        yield server
+
+
+@pytest.mark.parametrize("name", BUNDLED)
+def test_bundled_model_matches_its_checkpoint(bundled: ServerThread, name: str) -> None:
+    x = load_co2().values  # (N, 1) ppm, 2284 weeks
+    rng = np.random.default_rng(len(name))
+    cuts = np.cumsum(rng.integers(1, 120, size=len(x)))
+    chunks = np.split(x, cuts[cuts < len(x)])
+    with Client(bundled.target) as client:
+        info = client.model_info(name)
+        assert info.autoregressive and info.input_size == info.output_size == 1
+        module = load(DEFAULT_REPOSITORY / name / info.version / "checkpoint.pt")
+        with client.session(name) as s:
+            got = np.concatenate(list(s.stream(chunks)))  # (N, 1)
+            forecast = s.forecast(52)
+    want = torch_reference(module, x)
+    np.testing.assert_allclose(got, want, rtol=TOL, atol=TOL)
+    np.testing.assert_allclose(forecast, torch_rollout(module, x, 52), rtol=TOL, atol=TOL)
+    # a trained forecaster: one week ahead beats "same as last week" on the whole series
+    assert np.abs(got[:-1] - x[1:]).mean() < np.abs(x[:-1] - x[1:]).mean()
