@@ -1,0 +1,218 @@
+"""Consistency of the deployment files with each other and with the server's settings.
+
+Schema validators see each file alone; these checks catch what they cannot:
+
+- every SEQSERVE_* variable that the Dockerfile, compose.yaml or the Kubernetes
+  manifests set is one the server reads, with a value its parser accepts (a
+  misspelt variable is otherwise ignored without a word);
+- the shutdown budget: Kubernetes' terminationGracePeriodSeconds exceeds the
+  preStop pause plus SEQSERVE_GRACE_PERIOD, and compose's stop_grace_period
+  exceeds SEQSERVE_GRACE_PERIOD, so draining ends before SIGKILL;
+- probes, ports, the Service, the HPA and the PDB point at the server's port
+  and the Deployment's pods;
+- README.md's configuration table lists every flag and variable with its default.
+
+Usage: check_config.py [--table]   (--table prints that table from service.settings)
+Run with the repository root on PYTHONPATH and PyYAML installed (deploy/ci/lint.sh does).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import Field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from service.settings import ServerSettings, SettingsError, env_name
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+
+
+def settings_fields() -> dict[str, Field[Any]]:
+    """SEQSERVE_* variable -> its ServerSettings field."""
+    return {env_name(f.metadata["flag"]): f for f in fields(ServerSettings)}
+
+
+def default_text(f: Field[Any]) -> str:
+    if f.name == "repository":
+        return "the bundled models; `/models` in the image"
+    value = f.default
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return f"`{value}`"
+
+
+def table() -> str:
+    rows = ["| flag | environment variable | default | meaning |", "|---|---|---|---|"]
+    for env, f in settings_fields().items():
+        meaning = str(f.metadata["help"]).replace("<", "&lt;").replace(">", "&gt;")  # not HTML
+        rows.append(f"| `{f.metadata['flag']}` | `{env}` | {default_text(f)} | {meaning} |")
+    return "\n".join(rows)
+
+
+def load(path: Path) -> Any:
+    return yaml.safe_load(path.read_text())
+
+
+def seconds(text: str) -> float:
+    """A compose duration ("15s", "1m30s", "500ms") in seconds."""
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|us|h|m|s)", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"expected a duration like 15s, got {text!r}")
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def dockerfile_env() -> dict[str, str]:
+    text = (DEPLOY / "Dockerfile").read_text().replace("\\\n", " ")
+    env: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.startswith("ENV "):
+            env.update(re.findall(r"(SEQSERVE_\w+)=(\S+)", line))
+    return env
+
+
+class Checks:
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+        self.fields = settings_fields()
+
+    def expect(self, ok: bool, problem: str) -> None:
+        if not ok:
+            self.problems.append(problem)
+
+    def variables(self, where: str, env: dict[str, str]) -> None:
+        for name, value in env.items():
+            if not name.startswith("SEQSERVE_"):
+                continue
+            f = self.fields.get(name)
+            if f is None:
+                self.problems.append(
+                    f"{where}: {name} is not a server setting; expected one of "
+                    + ", ".join(self.fields)
+                )
+            elif f.name != "repository" and "${" not in str(value):
+                parse: Callable[[str], Any] = f.metadata["parse"]
+                try:
+                    parse(str(value))
+                except SettingsError as exc:
+                    self.problems.append(f"{where}: {name}={value!r}: {exc}")
+
+    def grace(self, env: dict[str, str]) -> float:
+        return float(env.get("SEQSERVE_GRACE_PERIOD", ServerSettings().grace_period_s))
+
+
+def documents(folder: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
+    for path in sorted(folder.glob("*.yaml")):
+        yield path, load(path)
+
+
+def check(c: Checks) -> None:
+    port = int(str(ServerSettings().address).rpartition(":")[2])
+
+    image_env = dockerfile_env()
+    c.variables("Dockerfile", image_env)
+    c.expect(
+        f"EXPOSE {port}" in (DEPLOY / "Dockerfile").read_text(),
+        f"Dockerfile: expected EXPOSE {port}",
+    )
+
+    compose = load(DEPLOY / "compose.yaml")["services"]["seqserve"]
+    compose_env = {str(k): str(v) for k, v in compose.get("environment", {}).items()}
+    c.variables("compose.yaml", compose_env)
+    stop = seconds(compose.get("stop_grace_period", "10s"))
+    grace = c.grace(compose_env)
+    c.expect(
+        stop > grace,
+        f"compose.yaml: stop_grace_period {stop:g}s must exceed SEQSERVE_GRACE_PERIOD {grace:g}s",
+    )
+    c.expect(
+        any(str(p).endswith(f":{port}") for p in compose.get("ports", [])),
+        f"compose.yaml: expected a published port for container port {port}",
+    )
+
+    kinds = {doc["kind"]: (path.name, doc) for path, doc in documents(DEPLOY / "k8s")}
+    _, configmap = kinds["ConfigMap"]
+    _, deployment = kinds["Deployment"]
+    pod = deployment["spec"]["template"]
+    pod_labels = pod["metadata"]["labels"]
+    (container,) = pod["spec"]["containers"]
+    env = {str(k): str(v) for k, v in configmap.get("data", {}).items()}
+    env.update({e["name"]: str(e.get("value", "")) for e in container.get("env", [])})
+    c.variables("k8s", env)
+    c.expect(
+        {"configMapRef": {"name": configmap["metadata"]["name"]}} in container.get("envFrom", []),
+        "deployment.yaml: expected envFrom the ConfigMap",
+    )
+
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    c.expect(ports.get("grpc") == port, f"deployment.yaml: expected port grpc: {port}")
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        grpc_probe = container.get(probe, {}).get("grpc", {})
+        c.expect(grpc_probe.get("port") == port, f"deployment.yaml: {probe} is not gRPC on {port}")
+
+    pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
+    pause = float(pre_stop[1]) if pre_stop[0] == "sleep" else 0.0
+    budget = pod["spec"]["terminationGracePeriodSeconds"]
+    grace = c.grace(env)
+    c.expect(
+        budget > pause + grace,
+        f"deployment.yaml: terminationGracePeriodSeconds {budget} must exceed preStop "
+        f"{pause:g}s + SEQSERVE_GRACE_PERIOD {grace:g}s",
+    )
+
+    _, service = kinds["Service"]
+    c.expect(
+        service["spec"]["selector"].items() <= pod_labels.items(),
+        "service.yaml: selector does not match the pods",
+    )
+    c.expect(
+        all(p["targetPort"] in ("grpc", port) for p in service["spec"]["ports"]),
+        f"service.yaml: expected targetPort grpc or {port}",
+    )
+    _, hpa = kinds["HorizontalPodAutoscaler"]
+    target = hpa["spec"]["scaleTargetRef"]
+    c.expect(
+        (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"]),
+        "hpa.yaml: scaleTargetRef is not the Deployment",
+    )
+    _, pdb = kinds["PodDisruptionBudget"]
+    c.expect(
+        pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items(),
+        "pdb.yaml: selector does not match the pods",
+    )
+
+    readme = (ROOT / "README.md").read_text()
+    rows = [line for line in readme.splitlines() if line.startswith("|")]
+    for env_var, f in c.fields.items():
+        flag = f"`{f.metadata['flag']}`"
+        want = [flag, f"`{env_var}`"] + ([] if f.name == "repository" else [default_text(f)])
+        c.expect(
+            any(all(w in row for w in want) for row in rows),
+            f"README.md: expected a table row with {', '.join(want)}",
+        )
+
+
+def main(argv: list[str]) -> int:
+    if argv == ["--table"]:
+        print(table())
+        return 0
+    if argv:
+        print(__doc__, file=sys.stderr)
+        return 2
+    c = Checks()
+    check(c)
+    for problem in c.problems:
+        print(f"deploy config: {problem}", file=sys.stderr)
+    if not c.problems:
+        print(f"deploy config: consistent ({len(c.fields)} settings checked)")
+    return 1 if c.problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
