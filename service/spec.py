@@ -112,7 +112,8 @@ class ModelSpec:
     def validate(self) -> None:
         if self.input_size < 1 or self.output_size < 1:
             raise SpecError(
-                f"input_size and output_size must be >= 1, got {self.input_size}, {self.output_size}"
+                "input_size and output_size must be >= 1, "
+                f"got {self.input_size} and {self.output_size}"
             )
         names = [self.input_name, self.output_name]
         for s in self.states:
@@ -126,7 +127,9 @@ class ModelSpec:
                     f"got shape {list(s.shape)}"
                 )
             if any(d < 1 for i, d in enumerate(s.shape) if i != s.batch_axis):
-                raise SpecError(f"state {s.input!r}: non-batch dims must be >= 1, got {list(s.shape)}")
+                raise SpecError(
+                    f"state {s.input!r}: non-batch dims must be >= 1, got {list(s.shape)}"
+                )
             names += [s.input, s.output]
         if len(set(names)) != len(names):
             raise SpecError(f"input, output and state names must be distinct, got {names}")
