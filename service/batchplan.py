@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from service.errors import InvalidArgument, NotFound, SeqServeError
+from service.errors import InvalidArgument, NotFound, SeqServeError, quoted
 from service.work import GroupWork
 
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ class BatchPlan:
             for i, sid in enumerate(session_ids):
                 if sid in seen:
                     raise InvalidArgument(
-                        f"session {sid!r} appears at items {seen[sid]} and {i}; "
+                        f"session {quoted(sid)} appears at items {seen[sid]} and {i}; "
                         "expected each session at most once per batch"
                     )
                 seen[sid] = i
@@ -91,7 +91,7 @@ class BatchPlan:
         if not known.all() and len(present) > 1:
             i = int(np.flatnonzero(~known)[0])
             raise NotFound(
-                f"unknown session {self.session_ids[i]!r} in a batch that mixes input sizes "
+                f"unknown session {quoted(self.session_ids[i])} in a batch that mixes input sizes "
                 f"{present.tolist()}: its values cannot be told apart from the next item's"
             )
         common = int(present[0]) if len(present) else 1
@@ -106,7 +106,7 @@ class BatchPlan:
         self.in_offsets = np.cumsum(counts) - counts  # (n,)
         for i in np.flatnonzero(~known).tolist():
             self.errors[i] = NotFound(
-                f"unknown session {self.session_ids[i]!r} (never created, closed, or expired)"
+                f"unknown session {quoted(self.session_ids[i])} (never created, closed, or expired)"
             )
         t = self.times
         for i in np.flatnonzero(known & ((t == 0) | (t > self.max_steps))).tolist():
@@ -122,7 +122,7 @@ class BatchPlan:
                 if i not in self.errors:
                     self.errors[i] = InvalidArgument(
                         f"item {i}: expected finite values, got {self.values[j]} at value "
-                        f"{j - int(self.in_offsets[i])} of session {self.session_ids[i]!r}"
+                        f"{j - int(self.in_offsets[i])} of session {quoted(self.session_ids[i])}"
                     )
 
     def groups(self, loop: asyncio.AbstractEventLoop) -> list[tuple[_Home, GroupWork]]:

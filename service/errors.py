@@ -38,3 +38,14 @@ class Unavailable(SeqServeError):
 
 class Internal(SeqServeError):
     """Something unexpected, e.g. ONNX Runtime failing inside a batch."""
+
+
+def quoted(text: str, limit: int = 128) -> str:
+    """`repr(text)`, cut after `limit` characters.
+
+    Messages quote what arrived; a status message travels in the trailers, so
+    echoing a megabyte-long id whole would break the very answer that refuses it.
+    """
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"

@@ -11,6 +11,7 @@ from a crash at deploy time rather than from clients getting NOT_FOUND later.
 from __future__ import annotations
 
 import builtins
+import functools
 import logging
 import time
 from collections.abc import Sequence
@@ -22,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from service.errors import NotFound
+from service.errors import NotFound, quoted
 from service.spec import ONNX_FILE, SPEC_FILE, ModelSpec, SpecError, load_spec
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,16 @@ class ModelEntry:
 def version_key(version: str) -> tuple[int, int, str]:
     """Sort key: non-numeric versions first (by name), then numeric ones by value."""
     return (1, int(version), version) if version.isdigit() else (0, 0, version)
+
+
+@functools.cache
+def _quiet_runtime() -> None:
+    """Turn ONNX Runtime's telemetry off, once, before the first session is made.
+
+    A server should not report home; and on a read-only root, telemetry warns
+    at start that it cannot store a device id.
+    """
+    ort.disable_telemetry_events()
 
 
 def session_options(threads: int) -> ort.SessionOptions:
@@ -73,6 +84,7 @@ class LoadedModel:
         self.spec = spec
         self.path = path
         where = f"model {name}/{version}"
+        _quiet_runtime()
         try:
             self._session = ort.InferenceSession(
                 str(path / ONNX_FILE), session_options(threads), providers=["CPUExecutionProvider"]
@@ -263,11 +275,13 @@ class ModelRegistry:
         """The named version, or the latest when version is None or empty."""
         entry = self._entries.get(name)
         if entry is None:
-            raise NotFound(f"unknown model {name!r}; available: {sorted(self._entries)}")
+            raise NotFound(f"unknown model {quoted(name)}; available: {sorted(self._entries)}")
         chosen = version or entry.latest
         model = self._models[name].get(chosen)
         if model is None:
-            raise NotFound(f"model {name!r} has no version {chosen!r}; available: {entry.versions}")
+            raise NotFound(
+                f"model {name!r} has no version {quoted(chosen)}; available: {entry.versions}"
+            )
         return model
 
 

@@ -22,11 +22,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from service.api import seqserve_pb2 as pb
-from service.api import seqserve_pb2_grpc as pb_grpc
 from service.runtime import ModelRegistry
 from service.servicer import InferenceServicer
 from service.sessions import SessionManager
 from service.settings import ServerSettings
+from service.undecodable import add_inference_servicer
 
 log = logging.getLogger("seqserve")
 
@@ -62,7 +62,11 @@ class Server:
         """Load models, start the core, bind; returns the bound port."""
         started = time.perf_counter()
         settings = self.settings
-        registry = ModelRegistry.load(settings.repository, settings.ort_threads)
+        # Loading builds and times ORT sessions (ms per small model, more for large
+        # graphs): off the event loop, like every model call.
+        registry = await asyncio.to_thread(
+            ModelRegistry.load, settings.repository, settings.ort_threads
+        )
         self._sessions = SessionManager(registry, settings.core())
         await self._sessions.start()
         self._servicer = InferenceServicer(
@@ -92,9 +96,9 @@ class Server:
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),
                 ("grpc.so_reuseport", 0),  # a second server on a taken port must fail, not share
-            ]
+            ],
         )
-        pb_grpc.add_InferenceServicer_to_server(self._servicer, server)  # type: ignore[no-untyped-call]
+        add_inference_servicer(self._servicer, server)  # undecodable requests: INVALID_ARGUMENT
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server

@@ -22,6 +22,7 @@ from service.api import seqserve_pb2_grpc as pb_grpc
 from service.grpc_errors import to_status, to_status_pb
 from service.runtime import ModelRegistry
 from service.sessions import SessionInfo, SessionManager
+from service.undecodable import Undecodable
 
 ANONYMOUS = "anonymous"
 
@@ -29,7 +30,6 @@ ANONYMOUS = "anonymous"
 # servicer stops reading, so HTTP/2 flow control pushes back on the client.
 STREAM_MAX_IN_FLIGHT = 256
 
-_T = TypeVar("_T")
 Context = grpc.aio.ServicerContext[object, object]
 
 
@@ -53,14 +53,30 @@ def principal_of(context: Context) -> str:
     return ANONYMOUS
 
 
-async def _unary(context: Context, call: Callable[[], Awaitable[_T]]) -> _T:
-    """Run one unary handler body, turning any failure into its status."""
-    try:
-        return await call()
-    except Exception as exc:
-        code, message = to_status(exc)
-        await context.abort(code, message)
-        raise AssertionError("unreachable: abort raises") from exc
+_Req = TypeVar("_Req")
+_Resp = TypeVar("_Resp")
+_Self = TypeVar("_Self", bound="InferenceServicer")
+
+
+def _unary(
+    body: Callable[[_Self, _Req, str], Awaitable[_Resp]],
+) -> Callable[[_Self, _Req, Context], Awaitable[_Resp]]:
+    """A unary handler from its body `(self, request, principal) -> response`.
+
+    The handler finds the caller's principal and turns any failure of the body
+    into its status, so each body is only the translation.
+    """
+
+    @functools.wraps(body)
+    async def handler(self: _Self, request: _Req, context: Context) -> _Resp:
+        try:
+            return await body(self, request, principal_of(context))
+        except Exception as exc:
+            code, message = to_status(exc)
+            await context.abort(code, message)
+            raise AssertionError("unreachable: abort raises") from exc
+
+    return handler
 
 
 def _session_pb(info: SessionInfo) -> pb.SessionInfo:
@@ -86,92 +102,70 @@ class InferenceServicer(pb_grpc.InferenceServicer):
 
     # -- discovery -------------------------------------------------------------------------------
 
+    @_unary
     async def ListModels(
-        self, request: pb.ListModelsRequest, context: Context
+        self, request: pb.ListModelsRequest, principal: str
     ) -> pb.ListModelsResponse:
-        async def call() -> pb.ListModelsResponse:
-            return pb.ListModelsResponse(
-                models=[
-                    pb.ModelVersions(name=m.name, versions=list(m.versions), latest=m.latest)
-                    for m in self._registry.list()
-                ]
-            )
+        return pb.ListModelsResponse(
+            models=[
+                pb.ModelVersions(name=m.name, versions=list(m.versions), latest=m.latest)
+                for m in self._registry.list()
+            ]
+        )
 
-        return await _unary(context, call)
-
-    async def GetModel(self, request: pb.GetModelRequest, context: Context) -> pb.ModelInfo:
-        async def call() -> pb.ModelInfo:
-            model = self._registry.get(request.name, request.version or None)
-            spec = model.spec
-            return pb.ModelInfo(
-                name=model.name,
-                version=model.version,
-                cell=spec.cell,
-                input_size=spec.input_size,
-                output_size=spec.output_size,
-                hidden_size=spec.hidden_size,
-                num_layers=spec.num_layers,
-                states=[
-                    pb.StateInfo(
-                        input_name=s.input,
-                        output_name=s.output,
-                        shape=list(s.shape),
-                        batch_axis=s.batch_axis,
-                    )
-                    for s in spec.states
-                ],
-                parameters=spec.parameters,
-                macs_per_step=spec.macs_per_step,
-                autoregressive=spec.autoregressive,
-                max_steps_per_request=self._max_steps_per_request,
-                spec_json=json.dumps(spec.to_dict(), sort_keys=True),
-            )
-
-        return await _unary(context, call)
+    @_unary
+    async def GetModel(self, request: pb.GetModelRequest, principal: str) -> pb.ModelInfo:
+        model = self._registry.get(request.name, request.version or None)
+        spec = model.spec
+        return pb.ModelInfo(
+            name=model.name,
+            version=model.version,
+            cell=spec.cell,
+            input_size=spec.input_size,
+            output_size=spec.output_size,
+            hidden_size=spec.hidden_size,
+            num_layers=spec.num_layers,
+            states=[
+                pb.StateInfo(
+                    input_name=s.input,
+                    output_name=s.output,
+                    shape=list(s.shape),
+                    batch_axis=s.batch_axis,
+                )
+                for s in spec.states
+            ],
+            parameters=spec.parameters,
+            macs_per_step=spec.macs_per_step,
+            autoregressive=spec.autoregressive,
+            max_steps_per_request=self._max_steps_per_request,
+            spec_json=json.dumps(spec.to_dict(), sort_keys=True),
+        )
 
     # -- session lifecycle -----------------------------------------------------------------------
 
+    @_unary
     async def CreateSession(
-        self, request: pb.CreateSessionRequest, context: Context
+        self, request: pb.CreateSessionRequest, principal: str
     ) -> pb.SessionInfo:
-        principal = principal_of(context)
+        info = self._sessions.create(
+            request.model, request.version or None, request.session_id or None, principal
+        )
+        return _session_pb(info)
 
-        async def call() -> pb.SessionInfo:
-            info = self._sessions.create(
-                request.model, request.version or None, request.session_id or None, principal
-            )
-            return _session_pb(info)
+    @_unary
+    async def GetSession(self, request: pb.GetSessionRequest, principal: str) -> pb.SessionInfo:
+        return _session_pb(self._sessions.info(request.session_id, principal))
 
-        return await _unary(context, call)
+    @_unary
+    async def ResetSession(self, request: pb.ResetSessionRequest, principal: str) -> pb.SessionInfo:
+        return _session_pb(self._sessions.reset(request.session_id, principal))
 
-    async def GetSession(self, request: pb.GetSessionRequest, context: Context) -> pb.SessionInfo:
-        principal = principal_of(context)
-
-        async def call() -> pb.SessionInfo:
-            return _session_pb(self._sessions.info(request.session_id, principal))
-
-        return await _unary(context, call)
-
-    async def ResetSession(
-        self, request: pb.ResetSessionRequest, context: Context
-    ) -> pb.SessionInfo:
-        principal = principal_of(context)
-
-        async def call() -> pb.SessionInfo:
-            return _session_pb(self._sessions.reset(request.session_id, principal))
-
-        return await _unary(context, call)
-
+    @_unary
     async def CloseSession(
-        self, request: pb.CloseSessionRequest, context: Context
+        self, request: pb.CloseSessionRequest, principal: str
     ) -> pb.CloseSessionResponse:
-        principal = principal_of(context)
-
-        async def call() -> pb.CloseSessionResponse:
-            info = self._sessions.close(request.session_id, principal)
-            return pb.CloseSessionResponse(session_id=info.session_id, position=info.position)
-
-        return await _unary(context, call)
+        info = self._sessions.close(request.session_id, principal)
+        return pb.CloseSessionResponse(session_id=info.session_id, position=info.position)
 
     # -- steps -----------------------------------------------------------------------------------
 
@@ -189,9 +183,9 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             position=result.position,
         )
 
-    async def Step(self, request: pb.StepRequest, context: Context) -> pb.StepResponse:
-        principal = principal_of(context)
-        return await _unary(context, lambda: self._step(request, principal))
+    @_unary
+    async def Step(self, request: pb.StepRequest, principal: str) -> pb.StepResponse:
+        return await self._step(request, principal)
 
     async def _step_in_band(self, request: pb.StepRequest, principal: str) -> pb.StepResponse:
         """A stream step: a failure becomes the response's `error`, the stream goes on."""
@@ -235,6 +229,8 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         async def read() -> None:
             try:
                 async for request in request_iterator:
+                    if isinstance(request, Undecodable):
+                        raise errors.InvalidArgument(request.message)
                     await slots.acquire()
                     sid = request.session_id
                     task = asyncio.create_task(answer(request, last_of_session.get(sid)))
@@ -244,7 +240,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 if tasks:
                     await asyncio.wait(list(tasks))
                 out.put_nowait(_END)
-            except Exception as exc:  # the transport failed; let the handler raise it
+            except Exception as exc:  # an undecodable request, or the transport failed
                 out.put_nowait(_Failed(exc))
 
         reader = asyncio.create_task(read())
@@ -257,9 +253,8 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                     slots.release()
                 elif item is _END:
                     return
-                elif isinstance(item, _Failed):
-                    raise item.exc
-                else:  # _CLOSE: the server is shutting down
+                else:  # the reader failed, or the server is shutting down (_CLOSE)
+                    # Steps already read are answered first: they may have been applied.
                     reader.cancel()
                     if tasks:
                         await asyncio.wait(list(tasks))
@@ -267,7 +262,12 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                         queued = out.get_nowait()
                         if isinstance(queued, pb.StepResponse):
                             yield queued
-                    code, message = to_status(errors.Unavailable("server shutting down"))
+                    reason = (
+                        item.exc
+                        if isinstance(item, _Failed)
+                        else errors.Unavailable("server shutting down")
+                    )
+                    code, message = to_status(reason)
                     await context.abort(code, message)
         finally:
             self._streams.discard(out)
@@ -280,42 +280,31 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         for out in self._streams:
             out.put_nowait(_CLOSE)
 
-    async def BatchStep(
-        self, request: pb.BatchStepRequest, context: Context
-    ) -> pb.BatchStepResponse:
-        principal = principal_of(context)
+    @_unary
+    async def BatchStep(self, request: pb.BatchStepRequest, principal: str) -> pb.BatchStepResponse:
+        values = np.asarray(request.values, dtype=np.float32)  # concatenated items' steps
+        times = list(request.times) if request.times else None
+        result = await self._sessions.step_batch(
+            list(request.session_ids), times, values, principal
+        )
+        return pb.BatchStepResponse(
+            request_id=request.request_id,
+            output_lengths=result.output_lengths,
+            outputs=result.outputs.ravel().tolist(),
+            positions=result.positions,
+            errors=[
+                pb.ItemError(index=index, status=to_status_pb(exc)) for index, exc in result.errors
+            ],
+        )
 
-        async def call() -> pb.BatchStepResponse:
-            values = np.asarray(request.values, dtype=np.float32)  # concatenated items' steps
-            times = list(request.times) if request.times else None
-            result = await self._sessions.step_batch(
-                list(request.session_ids), times, values, principal
-            )
-            return pb.BatchStepResponse(
-                request_id=request.request_id,
-                output_lengths=result.output_lengths,
-                outputs=result.outputs.ravel().tolist(),
-                positions=result.positions,
-                errors=[
-                    pb.ItemError(index=index, status=to_status_pb(exc))
-                    for index, exc in result.errors
-                ],
-            )
-
-        return await _unary(context, call)
-
-    async def Forecast(self, request: pb.ForecastRequest, context: Context) -> pb.ForecastResponse:
-        principal = principal_of(context)
-
-        async def call() -> pb.ForecastResponse:
-            result = await self._sessions.forecast(request.session_id, request.horizon, principal)
-            horizon, output_size = result.outputs.shape  # (H, O)
-            return pb.ForecastResponse(
-                session_id=request.session_id,
-                horizon=horizon,
-                output_size=output_size,
-                outputs=result.outputs.ravel().tolist(),
-                position=result.position,
-            )
-
-        return await _unary(context, call)
+    @_unary
+    async def Forecast(self, request: pb.ForecastRequest, principal: str) -> pb.ForecastResponse:
+        result = await self._sessions.forecast(request.session_id, request.horizon, principal)
+        horizon, output_size = result.outputs.shape  # (H, O)
+        return pb.ForecastResponse(
+            session_id=request.session_id,
+            horizon=horizon,
+            output_size=output_size,
+            outputs=result.outputs.ravel().tolist(),
+            position=result.position,
+        )

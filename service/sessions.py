@@ -46,6 +46,7 @@ from service.errors import (
     NotFound,
     ResourceExhausted,
     Unavailable,
+    quoted,
 )
 from service.runtime import LoadedModel, ModelRegistry
 from service.settings import CoreSettings
@@ -136,7 +137,7 @@ class SessionManager:
     async def start(self) -> None:
         if self._phase != "new":
             raise RuntimeError(f"SessionManager.start: expected a new manager, got {self._phase}")
-        for home in self._homes.values():
+        for home in self._home_list:
             await home.batcher.start()
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="session sweeper")
         self._phase = "running"
@@ -146,14 +147,14 @@ class SessionManager:
         if self._phase in ("stopping", "stopped"):
             return
         self._phase = "stopping"
-        for home in self._homes.values():
+        for home in self._home_list:
             home.batcher.stop_accepting()
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
             self._sweeper = None
-        await asyncio.gather(*(h.batcher.stop(grace_s) for h in self._homes.values()))
+        await asyncio.gather(*(h.batcher.stop(grace_s) for h in self._home_list))
         self._phase = "stopped"
 
     async def _sweep_forever(self) -> None:
@@ -175,7 +176,7 @@ class SessionManager:
         return sum(h.slab.used_bytes() for h in self._home_list)
 
     def batchers(self) -> list[Batcher[Session]]:
-        return [h.batcher for h in self._homes.values()]
+        return [h.batcher for h in self._home_list]
 
     # --- lifecycle of sessions ------------------------------------------------------
 
@@ -227,7 +228,7 @@ class SessionManager:
         """Evict every session idle for longer than the TTL; how many were evicted."""
         cutoff = self._clock() - self._ttl
         evicted = 0
-        for home in self._homes.values():
+        for home in self._home_list:
             owners = home.slab.owners
             for slot in home.slab.idle_since(cutoff).tolist():
                 s = owners[slot]
@@ -321,11 +322,11 @@ class SessionManager:
         s = self._sessions.get(session_id)
         if s is None or s[PRINCIPAL] != principal:
             raise NotFound(
-                f"unknown session {session_id!r} (never created, closed, or expired after "
+                f"unknown session {quoted(session_id)} (never created, closed, or expired after "
                 f"{self._ttl:g} s idle)"
             )
         if self._expire_if_idle(s):
-            raise NotFound(f"session {session_id!r} expired after {self._ttl:g} s idle")
+            raise NotFound(f"session {quoted(session_id)} expired after {self._ttl:g} s idle")
         return s
 
     def _resolve(
@@ -374,7 +375,7 @@ class SessionManager:
 
     def _values(self, values: npt.ArrayLike, input_size: int) -> F32:
         """A validated flat float32 copy: T * input_size finite values, 1 <= T <= limit."""
-        flat = np.array(values, dtype=np.float32).reshape(-1)
+        flat = np.array(values, dtype=np.float32).reshape(-1)  # (T * F,) a copy: the core keeps it
         n = len(flat)
         if n == 0 or n % input_size:
             raise InvalidArgument(

@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+from service.client import Client
 from service.server import Server, running_server
 from service.settings import ServerSettings
 
@@ -164,3 +165,19 @@ class ServerProcess:
             self._drainer.join(timeout=10)  # EOF once the process is gone
         if self.proc.stderr is not None:
             self.proc.stderr.close()
+
+
+def settled_position(client: Client, sid: str, timeout_s: float = 10.0) -> int:
+    """The session's position once three reads 20 ms apart agree.
+
+    A cancel or a disconnect reaches the server asynchronously: a step already
+    in a model call when it lands still completes.
+    """
+    deadline = time.monotonic() + timeout_s
+    seen = [client.get_session(sid).position]
+    while time.monotonic() < deadline:
+        time.sleep(0.02)
+        seen.append(client.get_session(sid).position)
+        if len(seen) >= 3 and seen[-1] == seen[-2] == seen[-3]:
+            return seen[-1]
+    raise AssertionError(f"position kept moving: {seen[-5:]}")

@@ -20,7 +20,7 @@ from service import cli
 from service.api import seqserve_pb2 as pb
 from service.client import Client, UnavailableError
 from tests.server.conftest import Zoo, settings_for
-from tests.server.harness import ServerProcess, ServerThread
+from tests.server.harness import ServerProcess, ServerThread, settled_position
 
 SERVICE = "seqserve.v1.Inference"
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -127,18 +127,6 @@ def test_sigterm_drains_in_flight_steps_and_exits_0(zoo: Zoo) -> None:
     assert elapsed < grace
     log = "".join(proc.log)
     assert "shutting down" in log and "seqserve stopped" in log
-
-
-def settled_position(client: Client, sid: str, timeout_s: float = 10.0) -> int:
-    """The session's position once three reads 20 ms apart agree."""
-    deadline = time.monotonic() + timeout_s
-    seen = [client.get_session(sid).position]
-    while time.monotonic() < deadline:
-        time.sleep(0.02)
-        seen.append(client.get_session(sid).position)
-        if len(seen) >= 3 and seen[-1] == seen[-2] == seen[-3]:
-            return seen[-1]
-    raise AssertionError(f"position kept moving after the cancel: {seen[-5:]}")
 
 
 def test_a_cancelled_stream_leaves_its_session_consistent(server: ServerThread, zoo: Zoo) -> None:
