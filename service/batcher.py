@@ -30,7 +30,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -83,6 +83,11 @@ class _Call:
 
     x: F32  # (B, T, F)
     states: list[F32]  # model layout, batch B
+
+
+# A bucket's T, the bucket, its slots (B,) in row order, and (first call, end call,
+# the slots' epochs (B,) when gathered): which of the round's calls serve it.
+_Planned = tuple[int, _Bucket, I64, tuple[int, int, npt.NDArray[np.uint32]]]
 
 
 @dataclass
@@ -333,11 +338,11 @@ class Batcher(Generic[Owner]):
 
     # --- gather, compute, scatter ----------------------------------------------------
 
-    def _prepare(self, rnd: _Round) -> tuple[list[_Call], list[tuple[int, _Bucket, I64, Any]]]:
+    def _prepare(self, rnd: _Round) -> tuple[list[_Call], list[_Planned]]:
         """Gather inputs and states per T; the plan says which calls serve which bucket."""
         f = self.model.spec.input_size
         calls: list[_Call] = []
-        plan: list[tuple[int, _Bucket, I64, Any]] = []
+        plan: list[_Planned] = []
         for t, bucket in rnd.buckets.items():
             slot_parts: list[I64] = []
             x_parts: list[F32] = []
@@ -408,7 +413,7 @@ class Batcher(Generic[Owner]):
     def _finish(
         self,
         rnd: _Round,
-        plan: list[tuple[int, _Bucket, I64, Any]],
+        plan: list[_Planned],
         results: list[tuple[F32, list[F32]] | BaseException],
         forecasts: list[_Rollout],
         rollouts: list[F32 | BaseException],
@@ -434,14 +439,14 @@ class Batcher(Generic[Owner]):
             )
             valid = slab.epoch[slots] == epochs  # (B,) no reset or close while running
             if valid.all():
-                keep = slots
+                keep, last = slots, y[:, -1]  # last (B, O)
             else:
                 kept = np.flatnonzero(valid)
-                keep = slots[kept]
+                keep, last = slots[kept], y[kept, -1]  # last (B', O)
                 states = slab.select(states, kept)
             slab.scatter(keep, states)
             slab.position[keep] += t
-            slab.last_output[keep] = y[valid, -1] if not valid.all() else y[:, -1]  # (B', O)
+            slab.last_output[keep] = last
             slab.last_access[keep] = now
             self.rows += len(slots)
             self._deliver(bucket, y, valid, t)
@@ -469,7 +474,7 @@ class Batcher(Generic[Owner]):
             n = len(idx)
             ok = valid[row : row + n]
             if n == len(g.slots):  # the whole group: its outputs are these rows, in order
-                g.outputs[:] = y[row : row + n].reshape(-1)
+                g.outputs[:] = y[row : row + n].reshape(-1)  # (n * T * O,)
                 g.ok[:] = ok
                 g.positions[:] = slab.position[g.slots]
             else:

@@ -60,44 +60,28 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 ENV_PREFIX = "SEQSERVE_"
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise SettingsError(f"expected an integer >= 1, got {text!r}")
-    return value
+def _number(
+    convert: Callable[[str], float], noun: str, low: int, *, inclusive: bool
+) -> Callable[[str], Any]:
+    """A parser of finite numbers above `low` (or equal to it when `inclusive`)."""
+    bound = f"{'>=' if inclusive else '>'} {low}"
+
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and (value >= low if inclusive else value > low)):
+            raise SettingsError(f"expected {noun} {bound}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise SettingsError(f"expected an integer >= 0, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise SettingsError(f"expected a number > 0, got {text!r}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value >= 0):
-        raise SettingsError(f"expected a number >= 0, got {text!r}")
-    return value
+_positive_int = _number(int, "an integer", 1, inclusive=True)
+_non_negative_int = _number(int, "an integer", 0, inclusive=True)
+_positive_float = _number(float, "a number", 0, inclusive=False)
+_non_negative_float = _number(float, "a number", 0, inclusive=True)
 
 
 def _address(text: str) -> str:

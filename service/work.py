@@ -38,7 +38,11 @@ class ForecastResult:
 
 
 class _Unit:
-    """What Order needs of every unit: the units waiting on it and how many it waits on."""
+    """What Order keeps on every unit: the units waiting on it and how many it waits on.
+
+    Order also asks each unit for its `slot_keys()`; it takes the closed union
+    `Unit`, so the type checker holds every kind to defining them.
+    """
 
     __slots__ = ("blockers", "dependents")
 
@@ -46,14 +50,27 @@ class _Unit:
         self.blockers = 0
         self.dependents: list[Unit] | None = None
 
+
+class _OneSession(_Unit):
+    """A unit of one session: whose it is, which slot, and the slot's epoch at submission."""
+
+    __slots__ = ("epoch", "owner", "session_id", "slot")
+
+    def __init__(self, owner: object, session_id: str, slot: int, epoch: int) -> None:
+        super().__init__()
+        self.owner = owner
+        self.session_id = session_id
+        self.slot = slot
+        self.epoch = epoch
+
     def slot_keys(self) -> Sequence[int]:
-        raise NotImplementedError
+        return (self.slot,)
 
 
-class StepWork(_Unit):
+class StepWork(_OneSession):
     """One session's request of T steps (the stream and unary paths)."""
 
-    __slots__ = ("epoch", "expected", "future", "owner", "session_id", "slot", "x")
+    __slots__ = ("expected", "future", "x")
 
     def __init__(
         self,
@@ -65,23 +82,16 @@ class StepWork(_Unit):
         expected: int | None,
         future: asyncio.Future[StepResult],
     ) -> None:
-        super().__init__()
-        self.owner = owner
-        self.session_id = session_id
-        self.slot = slot
-        self.epoch = epoch  # the slot's epoch at submission
+        super().__init__(owner, session_id, slot, epoch)
         self.x = x  # (T, F)
         self.expected = expected  # position the client expects, or None
         self.future = future
 
-    def slot_keys(self) -> Sequence[int]:
-        return (self.slot,)
 
-
-class ForecastWork(_Unit):
+class ForecastWork(_OneSession):
     """A rollout from one session's state; reads it, never writes it."""
 
-    __slots__ = ("epoch", "future", "horizon", "owner", "session_id", "slot")
+    __slots__ = ("future", "horizon")
 
     def __init__(
         self,
@@ -92,16 +102,9 @@ class ForecastWork(_Unit):
         horizon: int,
         future: asyncio.Future[ForecastResult],
     ) -> None:
-        super().__init__()
-        self.owner = owner
-        self.session_id = session_id
-        self.slot = slot
-        self.epoch = epoch
+        super().__init__(owner, session_id, slot, epoch)
         self.horizon = horizon
         self.future = future
-
-    def slot_keys(self) -> Sequence[int]:
-        return (self.slot,)
 
 
 class GroupWork(_Unit):

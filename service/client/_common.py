@@ -141,6 +141,17 @@ def step_request(
     )
 
 
+def create_request(
+    model: str, version: str | None, session_id: str | None
+) -> pb.CreateSessionRequest:
+    """None (or empty) version and id: the latest version, a server-minted id."""
+    return pb.CreateSessionRequest(model=model, version=version or "", session_id=session_id or "")
+
+
+def forecast_outputs(response: pb.ForecastResponse) -> F32:
+    return outputs_of(response.outputs, response.horizon, response.output_size)  # (H, O)
+
+
 def step_outputs(response: pb.StepResponse) -> F32:
     """A step response's (T, O) outputs, or its in-band error raised."""
     if response.HasField("error"):
@@ -153,6 +164,10 @@ class ModelVersions:
     name: str
     versions: list[str]
     latest: str
+
+    @classmethod
+    def from_pb(cls, m: pb.ModelVersions) -> ModelVersions:
+        return cls(m.name, list(m.versions), m.latest)
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,9 @@ from service.client._common import (
     batch_request,
     batch_result,
     channel_options,
+    create_request,
+    forecast_outputs,
     from_rpc_error,
-    outputs_of,
     step_outputs,
     step_request,
 )
@@ -85,7 +86,7 @@ class AsyncClient:
 
     async def list_models(self) -> list[ModelVersions]:
         response = await _call(self._stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout))
-        return [ModelVersions(m.name, list(m.versions), m.latest) for m in response.models]
+        return [ModelVersions.from_pb(m) for m in response.models]
 
     async def model_info(self, name: str, version: str | None = None) -> ModelInfo:
         request = pb.GetModelRequest(name=name, version=version or "")
@@ -94,9 +95,7 @@ class AsyncClient:
     async def create_session(
         self, model: str, version: str | None = None, session_id: str | None = None
     ) -> SessionInfo:
-        request = pb.CreateSessionRequest(
-            model=model, version=version or "", session_id=session_id or ""
-        )
+        request = create_request(model, version, session_id)
         return SessionInfo.from_pb(
             await _call(self._stub.CreateSession(request, timeout=self.timeout))
         )
@@ -163,7 +162,7 @@ class AsyncClient:
     async def forecast(self, session_id: str, horizon: int) -> F32:
         request = pb.ForecastRequest(session_id=session_id, horizon=horizon)
         response = await _call(self._stub.Forecast(request, timeout=self.timeout))
-        return outputs_of(response.outputs, response.horizon, response.output_size)
+        return forecast_outputs(response)
 
 
 class AsyncSession:

@@ -26,8 +26,9 @@ from service.client._common import (
     batch_request,
     batch_result,
     channel_options,
+    create_request,
+    forecast_outputs,
     from_rpc_error,
-    outputs_of,
     step_outputs,
     step_request,
 )
@@ -86,7 +87,7 @@ class Client:
         response = _call(
             lambda: self._stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout)
         )
-        return [ModelVersions(m.name, list(m.versions), m.latest) for m in response.models]
+        return [ModelVersions.from_pb(m) for m in response.models]
 
     def model_info(self, name: str, version: str | None = None) -> ModelInfo:
         request = pb.GetModelRequest(name=name, version=version or "")
@@ -97,9 +98,7 @@ class Client:
     def create_session(
         self, model: str, version: str | None = None, session_id: str | None = None
     ) -> SessionInfo:
-        request = pb.CreateSessionRequest(
-            model=model, version=version or "", session_id=session_id or ""
-        )
+        request = create_request(model, version, session_id)
         return SessionInfo.from_pb(
             _call(lambda: self._stub.CreateSession(request, timeout=self.timeout))
         )
@@ -166,7 +165,7 @@ class Client:
         """Roll an autoregressive model forward: outputs (H, O); the session is unchanged."""
         request = pb.ForecastRequest(session_id=session_id, horizon=horizon)
         response = _call(lambda: self._stub.Forecast(request, timeout=self.timeout))
-        return outputs_of(response.outputs, response.horizon, response.output_size)
+        return forecast_outputs(response)
 
 
 class Session:

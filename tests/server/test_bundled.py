@@ -9,13 +9,14 @@ import pytest
 
 from models.checkpoint import load
 from models.data import load_co2
+from models.parity import DEFAULT_TOLERANCE, excess_diff, max_abs_diff
 from service.client import Client
 from service.settings import DEFAULT_REPOSITORY, ServerSettings
-from tests.server.conftest import TOL
 from tests.server.harness import ServerThread
 from tests.support import torch_reference, torch_rollout
 
 BUNDLED = ("co2-lstm", "co2-gru")
+ROLLOUT_TOLERANCE = 4 * float(np.spacing(np.float32(400.0)))  # 1.2e-4 ppm: 4 float32 steps
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,12 @@ def test_bundled_model_matches_its_checkpoint(bundled: ServerThread, name: str) 
             got = np.concatenate(list(s.stream(chunks)))  # (N, 1)
             forecast = s.forecast(52)
     want = torch_reference(module, x)
-    np.testing.assert_allclose(got, want, rtol=TOL, atol=TOL)
-    np.testing.assert_allclose(forecast, torch_rollout(module, x, 52), rtol=TOL, atol=TOL)
+    # Raw ppm near 370 are float32 steps of 3.05e-5 apart: the export's parity rule
+    # allows one such step beyond the tolerance (models.parity).
+    assert excess_diff(got, want) <= DEFAULT_TOLERANCE, max_abs_diff(got, want)
+    # A forecast feeds each prediction back as the next input, so such a step can
+    # carry into the next predictions: the same rule, with a few steps' room.
+    rollout = torch_rollout(module, x, 52)
+    assert excess_diff(forecast, rollout) <= ROLLOUT_TOLERANCE, max_abs_diff(forecast, rollout)
     # a trained forecaster: one week ahead beats "same as last week" on the whole series
     assert np.abs(got[:-1] - x[1:]).mean() < np.abs(x[:-1] - x[1:]).mean()
