@@ -33,6 +33,14 @@ if TYPE_CHECKING:
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
 
+# Encoded-size bounds for the answer (protobuf: tags, length prefixes, varints).
+ITEM_BYTES = 16  # one output_lengths and one positions varint
+ERROR_FRAMING_BYTES = 32  # an ItemError around its message: index, code, tags
+# An item that passes the checks here may still fail in its round (a reset or
+# close in between, a failed model call); those messages name the model and a
+# session id of at most 128 characters.
+LATE_ERROR_BYTES = 320
+
 
 @dataclass(frozen=True, slots=True)
 class BatchResult:
@@ -124,6 +132,17 @@ class BatchPlan:
                         f"item {i}: expected finite values, got {self.values[j]} at value "
                         f"{j - int(self.in_offsets[i])} of session {quoted(self.session_ids[i])}"
                     )
+
+    def response_bytes(self) -> int:
+        """An upper bound of the answer's encoded size, known before anything is applied."""
+        outputs = np.array([h.model.spec.output_size for h in self.home_list], np.int64)
+        ok = self.homes >= 0
+        if self.errors:
+            ok[list(self.errors)] = False
+        floats = self.times[ok] * outputs[self.homes[ok]] * 4  # (m,) output bytes per item
+        worst = np.maximum(floats, LATE_ERROR_BYTES).sum()
+        failed = sum(len(str(e).encode()) + ERROR_FRAMING_BYTES for e in self.errors.values())
+        return 64 + ITEM_BYTES * self.n + int(worst) + failed
 
     def groups(self, loop: asyncio.AbstractEventLoop) -> list[tuple[_Home, GroupWork]]:
         """One GroupWork per model version, items in request order."""

@@ -296,6 +296,13 @@ class SessionManager:
         self._check_running()
         plan = BatchPlan(session_ids, times, values, self.settings.max_steps_per_request)
         plan.resolve(*self._resolve(session_ids, principal), self._home_list)
+        limit = self.settings.max_response_bytes
+        if (size := plan.response_bytes()) > limit:
+            raise ResourceExhausted(
+                f"the answer to this batch of {plan.n} sessions could take {size} bytes, "
+                f"over the {limit}-byte message limit; expected a smaller batch "
+                "(or a larger --max-message-bytes); no step was applied"
+            )
         loop = asyncio.get_running_loop()
         groups = plan.groups(loop)
         for home, group in groups:  # all or nothing: no group is queued if one is refused

@@ -242,6 +242,27 @@ def test_batch_of_50000_sessions(roomy: ServerThread, zoo: Zoo) -> None:
     assert_bystander_ok(roomy.target, zoo, seed=10)
 
 
+def test_a_batch_whose_answer_could_not_be_sent_is_refused_whole(
+    server: ServerThread, zoo: Zoo
+) -> None:
+    """Tiny ids that all fail would make an answer many times the request: refused up
+    front with RESOURCE_EXHAUSTED, before the real session among them is stepped."""
+    limit = server.settings.max_message_bytes
+    with Client(server.target) as client:
+        real = client.create_session(MODEL).session_id
+        ids = [str(i) for i in range(limit // 40)]  # a request well under the limit
+        ids[7] = real
+        request = pb.BatchStepRequest(session_ids=ids, values=[1.0] * len(ids))
+        assert request.ByteSize() < limit
+        with pytest.raises(grpc.RpcError) as refused:
+            batch_call(server.target, request)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert f"over the {limit}-byte message limit" in str(refused.value.details())
+        assert "no step was applied" in str(refused.value.details())
+        assert client.get_session(real).position == 0
+    assert_bystander_ok(server.target, zoo, seed=12)
+
+
 # -- streams that misbehave ---------------------------------------------------------------------
 
 
