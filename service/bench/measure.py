@@ -1,0 +1,152 @@
+"""Running one measurement and summarising it: the building blocks of the scenarios."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from service.bench.config import BenchConfig, ModelShape
+from service.bench.drivers import BatchJob, LoadResult, StreamJob
+from service.bench.floors import OrtFloor
+from service.bench.pool import ClientPool
+from service.bench.procs import ServerProcess, cpu_seconds
+from service.bench.report import Row, percentiles_us
+from service.spec import ModelSpec
+
+
+@dataclass
+class Context:
+    config: BenchConfig
+    pool: ClientPool
+    server: str  # HOST:PORT of the seqserve server under test
+    echo: str  # HOST:PORT of the echo floor
+    specs: dict[str, ModelSpec]
+    ort: dict[tuple[str, int, int], OrtFloor]  # (model, B, T)
+    say: Callable[[str], None]
+    start_scale_server: Callable[[int], ServerProcess] | None  # None when --target is used
+    pids: dict[str, int] = field(default_factory=dict)  # address -> pid of servers started here
+    rows: list[Row] = field(default_factory=list)
+    samples: dict[str, dict[str, npt.NDArray[np.int64]]] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+    measured: dict[str, Measured] = field(default_factory=dict)  # for reuse between scenarios
+
+    def cpu_probe(self, target: str) -> Callable[[], tuple[float, ...]] | None:
+        pid = self.pids.get(target)
+        return None if pid is None else lambda: cpu_seconds(pid)
+
+    def floor(self, model: ModelShape, batch: int, steps: int = 1) -> OrtFloor:
+        return self.ort[(model.name, batch, steps)]
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One figure's load over one or more rounds."""
+
+    rate: float  # replies/s, median over rounds
+    item_rate: float  # session-steps/s, median over rounds
+    latencies_ns: npt.NDArray[np.int64]  # every round's samples
+    starved: int  # streams with no reply in the window, worst round
+    cpu_us_per_msg: float | None  # server CPU per reply, all rounds together
+    cpu_us_per_item: float | None
+    loop_cpu_us_per_msg: float | None  # the part spent on the event loop's thread
+    rounds: int
+
+    @property
+    def latency(self) -> dict[str, float]:
+        return percentiles_us(self.latencies_ns)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "per_s": self.rate,
+            "items_per_s": self.item_rate,
+            "latency_us": self.latency,
+            "starved": self.starved,
+            "cpu_us_per_msg": self.cpu_us_per_msg,
+            "cpu_us_per_item": self.cpu_us_per_item,
+            "loop_cpu_us_per_msg": self.loop_cpu_us_per_msg,
+            "rounds": self.rounds,
+        }
+
+
+def summarise(results: list[LoadResult]) -> Measured:
+    msgs = sum(r.messages for r in results)
+    items = sum(r.items for r in results)
+    deltas = [r.probe_delta for r in results]
+    cpu_s = loop_s = None
+    if all(d is not None for d in deltas):
+        cpu_s = sum(d[0] for d in deltas if d is not None)
+        loop_s = sum(d[1] for d in deltas if d is not None)
+    return Measured(
+        rate=float(np.median([r.messages / r.window_s for r in results])),
+        item_rate=float(np.median([r.items / r.window_s for r in results])),
+        latencies_ns=np.concatenate([r.latencies_ns for r in results]),
+        starved=max(int(np.count_nonzero(r.per_stream == 0)) for r in results),
+        cpu_us_per_msg=None if cpu_s is None or msgs == 0 else cpu_s * 1e6 / msgs,
+        cpu_us_per_item=None if cpu_s is None or items == 0 else cpu_s * 1e6 / items,
+        loop_cpu_us_per_msg=None if loop_s is None or msgs == 0 else loop_s * 1e6 / msgs,
+        rounds=len(results),
+    )
+
+
+def _check(result: LoadResult, what: str) -> LoadResult:
+    if result.errors:
+        raise RuntimeError(f"{what}: {result.errors} errors, e.g. {result.error_samples}")
+    if result.messages == 0:
+        raise RuntimeError(f"{what}: no reply completed inside the measured window")
+    return result
+
+
+def stream(
+    ctx: Context, target: str, model: ModelShape, streams: int, steps: int, depth: int = 1
+) -> LoadResult:
+    """One round: `streams` sessions, each sending `steps` steps a message on its own stream,
+    `depth` messages in flight (1: ping-pong)."""
+    c = ctx.config
+    job = StreamJob(
+        target=target,
+        model=model.name,
+        streams=streams,
+        values=steps * c.input_size,
+        steps=steps,
+        outputs=steps * c.input_size,  # the models are autoregressive: output size == input size
+        warmup_s=c.warmup_s,
+        window_s=c.latency_window_s if streams == 1 else c.window_s,
+        max_messages=c.max_messages,
+        depth=depth,
+    )
+    result = ctx.pool.run(job, probe=ctx.cpu_probe(target))
+    return _check(result, f"{streams} stream(s) of {model.name} at {target}")
+
+
+def batch(ctx: Context, target: str, model: ModelShape, size: int, inflight: int) -> LoadResult:
+    """One round: `inflight` loops of BatchStep, each for its own `size` sessions."""
+    c = ctx.config
+    job = BatchJob(
+        target=target,
+        model=model.name,
+        batch=size,
+        inflight=inflight,
+        input_size=c.input_size,
+        output_size=c.input_size,
+        warmup_s=c.warmup_s,
+        window_s=c.window_s,
+        max_messages=c.max_messages,
+    )
+    result = ctx.pool.run(job, probe=ctx.cpu_probe(target))
+    return _check(result, f"BatchStep {size} x {inflight} of {model.name} at {target}")
+
+
+def against_echo(ctx: Context, one: Callable[[str], LoadResult]) -> tuple[Measured, Measured]:
+    """(server, echo): rounds alternate echo, server, server, echo, ... so that a slow
+    stretch of a shared machine weighs on both sides alike."""
+    server: list[LoadResult] = []
+    echo: list[LoadResult] = []
+    for i in range(ctx.config.rounds):
+        order = [(ctx.echo, echo), (ctx.server, server)]
+        for target, into in order if i % 2 == 0 else reversed(order):
+            into.append(one(target))
+    return summarise(server), summarise(echo)
