@@ -1,4 +1,4 @@
-"""`python -m service [flags]` is `seqserve serve [flags]`."""
+"""`python -m service [serve] [flags]` is `seqserve serve [flags]`."""
 
 from __future__ import annotations
 
@@ -7,4 +7,7 @@ import sys
 from service.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(["serve", *sys.argv[1:]]))
+    args = sys.argv[1:]
+    if args[:1] == ["serve"]:  # the subcommand is implied; accept it when typed anyway
+        args = args[1:]
+    sys.exit(main(["serve", *args]))

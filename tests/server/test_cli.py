@@ -100,15 +100,16 @@ def test_train_export_compare_and_bench_are_handed_over(monkeypatch: pytest.Monk
     assert seen["service.bench"] == ["--quick"]
 
 
-def test_python_m_service_is_seqserve_serve() -> None:
+@pytest.mark.parametrize("args", [["--help"], ["serve", "--help"]])
+def test_python_m_service_is_seqserve_serve(args: list[str]) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "service", "--help"],
+        [sys.executable, "-m", "service", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert done.returncode == 0
+    assert done.returncode == 0, done.stderr
     assert "--max-message-bytes" in done.stdout and "SEQSERVE_MAX_MESSAGE_BYTES" in done.stdout
     assert "usage: seqserve serve" in done.stdout
 
