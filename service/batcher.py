@@ -124,6 +124,7 @@ class Batcher(Generic[Owner]):
         self._max_queue = settings.max_queue
         self._delay_s = settings.batch_delay_us / 1e6
         self._clock = clock
+        self._axes = [st.batch_axis for st in model.spec.states]
         self._order = Order()
         self._ready: deque[Unit] = deque()  # units no earlier unit holds back, in order
         self._queued = 0  # rows submitted and not yet taken into a round
@@ -218,7 +219,6 @@ class Batcher(Generic[Owner]):
 
     async def _loop(self) -> None:
         assert self._wake is not None and self._idle is not None
-        loop = asyncio.get_running_loop()
         while True:
             while not self._ready:
                 # Nothing ready means nothing unfinished: every waiting unit waits on
@@ -232,19 +232,8 @@ class Batcher(Generic[Owner]):
             inline = True
             try:
                 self._assemble(rnd)
-                calls, plan = self._prepare(rnd)
-                forecasts = [self._prepare_forecast(w) for w in rnd.forecasts]
-                results: list[tuple[F32, list[F32]] | BaseException] = []
-                rollouts: list[F32 | BaseException] = []
-                if self._cost(calls, forecasts) <= self.inline_s:
-                    results, rollouts = self._compute(calls, forecasts)
-                else:
-                    inline = False
-                    results, rollouts = await loop.run_in_executor(
-                        self._executor, self._compute, calls, forecasts
-                    )
-                    self.offloaded += 1
-                self._finish(rnd, plan, results, forecasts, rollouts)
+                if not self._single(rnd):
+                    inline = await self._general(rnd)
             except asyncio.CancelledError:
                 gone = Unavailable(f"model {self.model.label}: the server is shutting down")
                 for unit in rnd.taken:
@@ -298,6 +287,63 @@ class Batcher(Generic[Owner]):
                 bucket.steps.append(w)
                 bucket.rows += 1
             taken += 1
+
+    async def _general(self, rnd: _Round) -> bool:
+        """Run any round: gather per T, compute (here or in the worker), scatter.
+
+        True when it ran on the loop.
+        """
+        calls, plan = self._prepare(rnd)
+        forecasts = [self._prepare_forecast(w) for w in rnd.forecasts]
+        inline = self._cost(calls, forecasts) <= self.inline_s
+        if inline:
+            results, rollouts = self._compute(calls, forecasts)
+        else:
+            loop = asyncio.get_running_loop()
+            results, rollouts = await loop.run_in_executor(
+                self._executor, self._compute, calls, forecasts
+            )
+            self.offloaded += 1
+        self._finish(rnd, plan, results, forecasts, rollouts)
+        return inline
+
+    def _single(self, rnd: _Round) -> bool:
+        """Run a round of one short step on the loop, if that is what it is; True when done.
+
+        The common round at low load. The generic path's bucketing, concatenation
+        and take/put cost more than the model call here, so this one reads and
+        writes the slot's state through views and a handful of scalar writes.
+        """
+        if len(rnd.taken) != 1 or len(rnd.buckets) != 1:
+            return False
+        w = rnd.taken[0]
+        if not isinstance(w, StepWork):
+            return False
+        t = len(w.x)
+        if self.model.estimate(t) > self.inline_s:
+            return False
+        slab, slot = self.slab, w.slot
+        # The slot's state in model layout with B = 1: a view per state tensor.
+        where = [(slice(None),) * axis + (slice(slot, slot + 1),) for axis in self._axes]
+        self.rounds += 1
+        self.calls += 1
+        try:
+            views = [a[i] for a, i in zip(slab.states, where, strict=True)]
+            y, states = self.model.run(w.x[None], views)  # x (1, T, F)
+        except Exception as exc:
+            fail(w.future, self._internal(exc, 1))
+        else:
+            # Synchronous on the loop: no reset or close can come between the
+            # check in _assemble and this write, so the epoch still holds.
+            for a, i, new in zip(slab.states, where, states, strict=True):
+                a[i] = new
+            position = int(slab.position[slot]) + t
+            slab.position[slot] = position
+            slab.last_output[slot] = y[0, -1]  # (O,)
+            slab.last_access[slot] = self._clock()
+            self.rows += 1
+            settle(w.future, StepResult(y[0], position))  # y[0] (T, O)
+        return True
 
     def _stale(self, session_id: str, slot: int, owner: object, doing: str) -> SeqServeError:
         if self.slab.owners[slot] is owner:

@@ -7,10 +7,9 @@ the result (or the exception, through service.grpc_errors) into a response.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable
 from typing import TypeVar
 
 import grpc
@@ -22,7 +21,7 @@ from service.api import seqserve_pb2_grpc as pb_grpc
 from service.grpc_errors import to_status, to_status_pb
 from service.runtime import ModelRegistry
 from service.sessions import SessionInfo, SessionManager
-from service.undecodable import Undecodable
+from service.streams import StreamCall
 
 ANONYMOUS = "anonymous"
 
@@ -31,20 +30,6 @@ ANONYMOUS = "anonymous"
 STREAM_MAX_IN_FLIGHT = 256
 
 Context = grpc.aio.ServicerContext[object, object]
-
-
-class _Failed:
-    def __init__(self, exc: Exception) -> None:
-        self.exc = exc
-
-
-class _Sentinel:
-    pass
-
-
-_END = _Sentinel()
-_CLOSE = _Sentinel()
-_StreamItem = pb.StepResponse | _Failed | _Sentinel
 
 
 def principal_of(context: Context) -> str:
@@ -97,8 +82,8 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         self._registry = registry
         self._sessions = sessions
         self._max_steps_per_request = max_steps_per_request
-        # One queue per open StepStream; shutdown puts a sentinel in each.
-        self._streams: set[asyncio.Queue[_StreamItem]] = set()
+        # Every open StepStream; shutdown closes each.
+        self._streams: set[StreamCall] = set()
 
     # -- discovery -------------------------------------------------------------------------------
 
@@ -200,85 +185,23 @@ class InferenceServicer(pb_grpc.InferenceServicer):
 
     async def StepStream(
         self, request_iterator: AsyncIterable[pb.StepRequest], context: Context
-    ) -> AsyncIterator[pb.StepResponse]:
+    ) -> None:
         """Pipelined: requests are read and handed to the core while earlier ones run.
 
-        Each request becomes a task, created in arrival order so the core queues a
-        session's steps in order; a task publishes its response only after the
-        previous response of the same session, so a step refused up front cannot
-        overtake an earlier step of its session. At most STREAM_MAX_IN_FLIGHT
-        steps are read but not yet written.
+        See service.streams: answers of a session keep its order, failures are
+        answered in band, and at most STREAM_MAX_IN_FLIGHT steps are read ahead.
         """
-        principal = principal_of(context)
-        out: asyncio.Queue[_StreamItem] = asyncio.Queue()
-        slots = asyncio.Semaphore(STREAM_MAX_IN_FLIGHT)
-        last_of_session: dict[str, asyncio.Task[None]] = {}
-        tasks: set[asyncio.Task[None]] = set()
-
-        async def answer(request: pb.StepRequest, previous: asyncio.Task[None] | None) -> None:
-            response = await self._step_in_band(request, principal)
-            if previous is not None:
-                await asyncio.wait([previous])  # its outcome is its own business
-            out.put_nowait(response)
-
-        def forget(sid: str, task: asyncio.Task[None]) -> None:
-            tasks.discard(task)
-            if last_of_session.get(sid) is task:
-                del last_of_session[sid]
-
-        async def read() -> None:
-            try:
-                async for request in request_iterator:
-                    if isinstance(request, Undecodable):
-                        raise errors.InvalidArgument(request.message)
-                    await slots.acquire()
-                    sid = request.session_id
-                    task = asyncio.create_task(answer(request, last_of_session.get(sid)))
-                    last_of_session[sid] = task
-                    tasks.add(task)
-                    task.add_done_callback(functools.partial(forget, sid))
-                if tasks:
-                    await asyncio.wait(list(tasks))
-                out.put_nowait(_END)
-            except Exception as exc:  # an undecodable request, or the transport failed
-                out.put_nowait(_Failed(exc))
-
-        reader = asyncio.create_task(read())
-        self._streams.add(out)
+        call = StreamCall(self._sessions, principal_of(context), context, STREAM_MAX_IN_FLIGHT)
+        self._streams.add(call)
         try:
-            while True:
-                item = await out.get()
-                if isinstance(item, pb.StepResponse):
-                    yield item
-                    slots.release()
-                elif item is _END:
-                    return
-                else:  # the reader failed, or the server is shutting down (_CLOSE)
-                    # Steps already read are answered first: they may have been applied.
-                    reader.cancel()
-                    if tasks:
-                        await asyncio.wait(list(tasks))
-                    while not out.empty():
-                        queued = out.get_nowait()
-                        if isinstance(queued, pb.StepResponse):
-                            yield queued
-                    reason = (
-                        item.exc
-                        if isinstance(item, _Failed)
-                        else errors.Unavailable("server shutting down")
-                    )
-                    code, message = to_status(reason)
-                    await context.abort(code, message)
+            await call.serve(request_iterator)
         finally:
-            self._streams.discard(out)
-            reader.cancel()
-            for task in list(tasks):
-                task.cancel()
+            self._streams.discard(call)
 
     def close_streams(self) -> None:
         """Shutdown: end every open StepStream once its in-flight steps are answered."""
-        for out in self._streams:
-            out.put_nowait(_CLOSE)
+        for call in self._streams:
+            call.close(errors.Unavailable("server shutting down"))
 
     @_unary
     async def BatchStep(self, request: pb.BatchStepRequest, principal: str) -> pb.BatchStepResponse:

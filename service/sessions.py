@@ -51,7 +51,7 @@ from service.errors import (
 from service.runtime import LoadedModel, ModelRegistry
 from service.settings import CoreSettings
 from service.slab import Slab
-from service.work import ForecastResult, ForecastWork, StepResult, StepWork
+from service.work import ForecastResult, ForecastWork, Reply, StepResult, StepWork
 
 __all__ = [
     "BatchResult",
@@ -250,19 +250,34 @@ class SessionManager:
         position: int | None = None,
     ) -> StepResult:
         """Apply T steps (values: T * input_size floats, time-major) to one session."""
+        future: asyncio.Future[StepResult] = asyncio.get_running_loop().create_future()
+        self.submit_step(session_id, values, principal, position, future)
+        return await future
+
+    def submit_step(
+        self,
+        session_id: str,
+        values: npt.ArrayLike,
+        principal: str,
+        position: int | None,
+        reply: Reply[StepResult],
+    ) -> None:
+        """Queue T steps for one session; the outcome goes to `reply`.
+
+        A request refused up front raises here and `reply` is left alone.
+        """
         self._check_running()
         s = self._lookup(session_id, principal)
-        home, slot = self._home(s), s[SLOT]
+        home, slot = self._home_list[s[HOME]], s[SLOT]
         spec = home.model.spec
         flat = self._values(values, spec.input_size)
         if position is not None and position < 0:
             raise InvalidArgument(f"expected position >= 0, got {position}")
         x = flat.reshape(-1, spec.input_size)  # (T, F)
-        future: asyncio.Future[StepResult] = asyncio.get_running_loop().create_future()
-        epoch = int(home.slab.epoch[slot])
-        home.batcher.submit(StepWork(s, session_id, slot, epoch, x, position, future))
-        home.slab.last_access[slot] = self._clock()
-        return await future
+        slab = home.slab
+        epoch = int(slab.epoch[slot])
+        home.batcher.submit(StepWork(s, session_id, slot, epoch, x, position, reply))
+        slab.last_access[slot] = self._clock()
 
     async def forecast(self, session_id: str, horizon: int, principal: str) -> ForecastResult:
         """Roll the model forward `horizon` steps from the session's state; it stays unchanged."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -23,6 +23,22 @@ from service.errors import SeqServeError
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
 T = TypeVar("T")
+T_contra = TypeVar("T_contra", contravariant=True)
+
+
+class Reply(Protocol[T_contra]):
+    """Where a unit's outcome goes: an asyncio.Future, or a stream's own reply slot.
+
+    The batcher settles it synchronously inside its round, so a stream can
+    write its answer without a task and a loop hop per step. `done()` true
+    before the round means the caller went away: the unit is skipped.
+    """
+
+    def done(self) -> bool: ...
+
+    def set_result(self, result: T_contra, /) -> None: ...
+
+    def set_exception(self, exception: BaseException, /) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +96,7 @@ class StepWork(_OneSession):
         epoch: int,
         x: F32,
         expected: int | None,
-        future: asyncio.Future[StepResult],
+        future: Reply[StepResult],
     ) -> None:
         super().__init__(owner, session_id, slot, epoch)
         self.x = x  # (T, F)
@@ -175,12 +191,12 @@ def rows(unit: Unit) -> int:
     return len(unit.slots) if isinstance(unit, GroupWork) else 1
 
 
-def settle(fut: asyncio.Future[T], value: T) -> None:
+def settle(fut: Reply[T], value: T) -> None:
     if not fut.done():
         fut.set_result(value)
 
 
-def fail(fut: asyncio.Future[Any], err: BaseException) -> None:
+def fail(fut: Reply[Any], err: BaseException) -> None:
     if not fut.done():
         fut.set_exception(err)
 

@@ -273,24 +273,32 @@ def test_a_stream_that_does_not_read_its_answers(
     STREAM_MAX_IN_FLIGHT of them ahead, then answers every one, in order."""
     assert server.server is not None and server.server._sessions is not None
     sessions = server.server._sessions
-    step = sessions.step
+    submit = sessions.submit_step
     release = threading.Event()
     pending, peak = 0, 0
+    keep: set[asyncio.Task[None]] = set()
 
-    async def held(*args: Any, **kwargs: Any) -> Any:  # on the server's loop
-        """The step is applied at once; its answer waits for `release`."""
+    def held(sid: str, values: Any, principal: str, position: int | None, reply: Any) -> None:
+        """On the server's loop: the step is applied at once; its answer waits for `release`."""
         nonlocal pending, peak
         pending += 1
         peak = max(peak, pending)
-        try:
-            result = await step(*args, **kwargs)
+        applied: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        submit(sid, values, principal, position, applied)
+
+        async def answer_later() -> None:
+            nonlocal pending
+            result = await applied
             while not release.is_set():
                 await asyncio.sleep(0.005)
-            return result
-        finally:
             pending -= 1
+            reply.set_result(result)
 
-    monkeypatch.setattr(sessions, "step", held)
+        task = asyncio.create_task(answer_later())
+        keep.add(task)
+        task.add_done_callback(keep.discard)
+
+    monkeypatch.setattr(sessions, "submit_step", held)
     n = 10_000
     x = zoo.inputs(MODEL, n, np.random.default_rng(11))
     with Client(server.target) as client:
