@@ -1,12 +1,14 @@
 """Continuous batching of session steps for one model version.
 
-Steps queue while ONNX Runtime runs; when a round returns, everything queued
-(up to `max_batch` rows) forms the next round. A round groups its rows by T and
-makes one ONNX Runtime call per distinct T (chunked by `max_batch`), all in one
-hop to a dedicated worker thread so the event loop keeps serving. A round whose
-model calls are predicted to be shorter than that hop (a single step of a
-small model: tens of microseconds) runs on the loop instead: the hop's two
-thread wake-ups would cost more than they free.
+Steps queue while ONNX Runtime runs; everything ready (up to `max_batch`
+rows) forms the next round. A round groups its rows by T and makes one ONNX
+Runtime call per distinct T (chunked by `max_batch`), all in one hop to a
+dedicated worker thread so the event loop keeps serving. While one round runs
+there, the next is gathered and queued behind it (at most MAX_OFFLOADED), so
+the loop's gather and scatter overlap the model instead of alternating with
+it. A round whose model calls are predicted to be shorter than that hop (a
+single step of a small model: tens of microseconds) runs on the loop instead:
+the hop's two thread wake-ups would cost more than they free.
 
 Ordering: a request waits until every earlier request naming one of its
 sessions has finished (service.work.Order), so a session has at most one
@@ -66,6 +68,10 @@ I64 = npt.NDArray[np.int64]
 Owner = TypeVar("Owner")
 
 INLINE_S = 50e-6
+# Rounds handed to the worker and not yet finished: one running, one gathered and
+# queued behind it. More would freeze small rounds early instead of letting
+# steps pile up into a bigger next one.
+MAX_OFFLOADED = 2
 
 
 @dataclass
@@ -130,6 +136,7 @@ class Batcher(Generic[Owner]):
         self._queued = 0  # rows submitted and not yet taken into a round
         self._accepting = False
         self._task: asyncio.Task[None] | None = None
+        self._offloads: set[asyncio.Task[None]] = set()  # rounds in the worker thread
         self._wake: asyncio.Event | None = None
         self._idle: asyncio.Event | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -167,11 +174,12 @@ class Batcher(Generic[Owner]):
         if self._idle is not None and not self._idle.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), max(grace_s, 0.0))
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        for task in [self._task, *self._offloads]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = None
         gone = Unavailable(f"model {self.model.label}: the server is shutting down")
         for unit in list(self._order.unfinished):
             fail(unit.future, gone)
@@ -220,39 +228,87 @@ class Batcher(Generic[Owner]):
     async def _loop(self) -> None:
         assert self._wake is not None and self._idle is not None
         while True:
-            while not self._ready:
-                # Nothing ready means nothing unfinished: every waiting unit waits on
-                # one that is ready or running, and no round is running here.
-                self._idle.set()
+            while not self._ready or len(self._offloads) >= MAX_OFFLOADED:
+                if not self._ready and not self._offloads:
+                    # Nothing ready and nothing running means nothing unfinished: every
+                    # waiting unit waits on one that is ready or running.
+                    self._idle.set()
                 self._wake.clear()
                 await self._wake.wait()
             if self._delay_s > 0 and self._queued < self._max_batch:
                 await asyncio.sleep(self._delay_s)
             rnd = _Round()
-            inline = True
+            handed_over = False
             try:
                 self._assemble(rnd)
                 if not self._single(rnd):
-                    inline = await self._general(rnd)
-            except asyncio.CancelledError:
-                gone = Unavailable(f"model {self.model.label}: the server is shutting down")
-                for unit in rnd.taken:
-                    fail(unit.future, gone)
-                raise
+                    handed_over = self._general(rnd)
             except Exception as exc:
-                rid = secrets.token_hex(6)
-                log.exception("model %s: batch failed (request id %s)", self.model.label, rid)
-                err = Internal(
-                    f"model {self.model.label}: internal error in a batch "
-                    f"(request id {rid}): {type(exc).__name__}"
-                )
-                for unit in rnd.taken:
-                    fail(unit.future, err)
+                self._fail_round(rnd, exc)
             finally:
-                for unit in rnd.taken:
-                    self._done(unit)
-            if inline and self._ready:
-                await asyncio.sleep(0)  # back-to-back inline rounds still let others run
+                if not handed_over:
+                    for unit in rnd.taken:
+                        self._done(unit)
+            if self._ready:
+                await asyncio.sleep(0)  # back-to-back rounds still let others run
+
+    def _fail_round(self, rnd: _Round, exc: Exception) -> None:
+        rid = secrets.token_hex(6)
+        log.error("model %s: batch failed (request id %s)", self.model.label, rid, exc_info=exc)
+        err = Internal(
+            f"model {self.model.label}: internal error in a batch "
+            f"(request id {rid}): {type(exc).__name__}"
+        )
+        for unit in rnd.taken:
+            fail(unit.future, err)
+
+    def _general(self, rnd: _Round) -> bool:
+        """Run any round: gather per T, compute, scatter; True when handed to the worker.
+
+        A round predicted to be short runs here on the loop. A longer one goes to
+        the worker thread in a task of its own, and the loop goes on assembling
+        the next round meanwhile: ready units never share a session with a
+        running round (service.work.Order), so the next round's gather reads
+        settled state, and its model call queues right behind this one's.
+        """
+        calls, plan = self._prepare(rnd)
+        forecasts = [self._prepare_forecast(w) for w in rnd.forecasts]
+        if self._cost(calls, forecasts) <= self.inline_s:
+            results, rollouts = self._compute(calls, forecasts)
+            self._finish(rnd, plan, results, forecasts, rollouts)
+            return False
+        task = asyncio.create_task(self._offload(rnd, calls, plan, forecasts))
+        self._offloads.add(task)
+        task.add_done_callback(self._offloads.discard)
+        self.offloaded += 1
+        return True
+
+    async def _offload(
+        self, rnd: _Round, calls: list[_Call], plan: list[_Planned], forecasts: list[_Rollout]
+    ) -> None:
+        """A round in the worker thread; its units are done (and their successors ready) after."""
+        assert self._wake is not None
+        try:
+            loop = asyncio.get_running_loop()
+            results, rollouts = await loop.run_in_executor(
+                self._executor, self._compute, calls, forecasts
+            )
+            self._finish(rnd, plan, results, forecasts, rollouts)
+        except asyncio.CancelledError:
+            gone = Unavailable(f"model {self.model.label}: the server is shutting down")
+            for unit in rnd.taken:
+                fail(unit.future, gone)
+            raise
+        except Exception as exc:
+            self._fail_round(rnd, exc)
+        finally:
+            for unit in rnd.taken:
+                self._done(unit)
+            # Leave the set now, not in a done callback: the loop may wake before it runs.
+            task = asyncio.current_task()
+            if task is not None:
+                self._offloads.discard(task)
+            self._wake.set()
 
     def _assemble(self, rnd: _Round) -> None:
         """Take ready units, in order, until the round holds `max_batch` rows."""
@@ -287,25 +343,6 @@ class Batcher(Generic[Owner]):
                 bucket.steps.append(w)
                 bucket.rows += 1
             taken += 1
-
-    async def _general(self, rnd: _Round) -> bool:
-        """Run any round: gather per T, compute (here or in the worker), scatter.
-
-        True when it ran on the loop.
-        """
-        calls, plan = self._prepare(rnd)
-        forecasts = [self._prepare_forecast(w) for w in rnd.forecasts]
-        inline = self._cost(calls, forecasts) <= self.inline_s
-        if inline:
-            results, rollouts = self._compute(calls, forecasts)
-        else:
-            loop = asyncio.get_running_loop()
-            results, rollouts = await loop.run_in_executor(
-                self._executor, self._compute, calls, forecasts
-            )
-            self.offloaded += 1
-        self._finish(rnd, plan, results, forecasts, rollouts)
-        return inline
 
     def _single(self, rnd: _Round) -> bool:
         """Run a round of one short step on the loop, if that is what it is; True when done.

@@ -348,3 +348,50 @@ def test_a_deep_pipeline_of_one_session_keeps_its_order(
             assert [r.position for r in (await asyncio.gather(*mine))][-3:] == [398, 399, 400]
 
     asyncio.run(main())
+
+
+def test_the_next_round_is_gathered_while_one_runs(
+    registry: ModelRegistry, zoo: ModelZoo, gate: Callable[[str], Gate]
+) -> None:
+    """While a round holds the worker, steps of other sessions are gathered into a
+    second round queued behind it (not a third: at most two are handed over), and
+    a session's next step still waits for its previous one."""
+    g = gate("lstm-ar")
+    x = walk(8, seed=9)
+
+    async def main() -> None:
+        async with running(registry) as m:
+            batcher = next(b for b in m.batchers() if b.model.name == "lstm-ar")
+            ids = [m.create("lstm-ar", None, None, PRINCIPAL).session_id for _ in range(5)]
+            first = asyncio.ensure_future(m.step(ids[0], x[:4].ravel(), PRINCIPAL))
+            await in_flight(g)  # round 1 holds the worker
+            again = asyncio.ensure_future(m.step(ids[0], x[4:].ravel(), PRINCIPAL))
+            second = asyncio.ensure_future(
+                m.step_batch(ids[1:3], [4, 4], np.tile(x[:4].ravel(), 2), PRINCIPAL)
+            )
+            for _ in range(5):
+                await asyncio.sleep(0)
+            # Round 2 (ids 1-2) was gathered and handed over behind round 1.
+            assert len(batcher._offloads) == 2
+            third = asyncio.ensure_future(
+                m.step_batch(ids[3:], [4, 4], np.tile(x[:4].ravel(), 2), PRINCIPAL)
+            )
+            for _ in range(5):
+                await asyncio.sleep(0)
+            assert len(batcher._offloads) == 2  # round 3 waits to be gathered
+            g.open.set()
+            done = await asyncio.gather(first, again, second, third)
+            want = torch_reference(zoo.modules["lstm-ar"], x)
+            np.testing.assert_allclose(
+                np.concatenate([done[0].outputs, done[1].outputs]), want, rtol=0, atol=ATOL
+            )
+            for batch in done[2:]:
+                assert batch.positions == [4, 4] and not batch.errors
+                np.testing.assert_allclose(
+                    batch.outputs.reshape(2, 4), np.tile(want[:4, 0], (2, 1)), rtol=0, atol=ATOL
+                )
+            # One call per round; the session's second step became ready when round 1
+            # finished and joined round 3.
+            assert g.calls == [1, 2, 3]
+
+    asyncio.run(main())
