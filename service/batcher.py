@@ -34,11 +34,11 @@ from typing import Generic, TypeVar
 import numpy as np
 
 from service.errors import Internal, ResourceExhausted, Unavailable
-from service.rounds import Bucket, Computed, Planned, Rollout, Round, RoundRunner
+from service.rounds import Bucket, Call, Computed, Planned, Rollout, Round, RoundRunner
 from service.runtime import LoadedModel
 from service.settings import CoreSettings
 from service.slab import Slab
-from service.work import ForecastWork, GroupWork, Order, Unit, fail, rows
+from service.work import ForecastWork, GroupWork, Order, StepWork, Unit, fail, rows
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,14 @@ class _Handed:
     round: Round
     plan: list[Planned]
     forecasts: list[Rollout]
+    calls: list[Call]
     abandoned: bool = False  # stop() failed its units; its result is dropped
+    # A round of one step only: the position it leaves its session at, whether
+    # it was committed (known once returned), and the round chained to it.
+    after: int | None = None
+    committed: bool = False
+    chained_to: _Handed | None = None
+    after_committed: bool = False  # a chained round: whether the one before it committed
 
 
 class Batcher(Generic[Owner]):
@@ -82,6 +89,8 @@ class Batcher(Generic[Owner]):
         self._accepting = False
         self._task: asyncio.Task[None] | None = None
         self._offloads: set[_Handed] = set()  # rounds in the worker thread
+        self._solo: dict[StepWork, _Handed] = {}  # those of one step only, by that step
+        self._chained: set[Unit] = set()  # steps handed over before their turn (_chain)
         self._wake: asyncio.Event | None = None
         self._idle: asyncio.Event | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -132,6 +141,8 @@ class Batcher(Generic[Owner]):
         for handed in self._offloads:  # still in the worker: failed below, ignored on return
             handed.abandoned = True
         self._offloads.clear()
+        self._solo.clear()
+        self._chained.clear()
         gone = Unavailable(f"model {self.model.label}: the server is shutting down")
         for unit in list(self._order.unfinished):
             fail(unit.future, gone)
@@ -168,12 +179,47 @@ class Batcher(Generic[Owner]):
         self._queued += n
         assert self._wake is not None and self._idle is not None
         self._idle.clear()
+        before = self._order.last(unit.slot) if isinstance(unit, StepWork) else None
         if self._order.add(unit):
             self._ready.append(unit)
             self._wake.set()
+        elif isinstance(before, StepWork) and isinstance(unit, StepWork):
+            self._chain(before, unit)
+
+    def _chain(self, before: StepWork, w: StepWork) -> None:
+        """Hand `w` to the worker now if the step it waits for is alone in a round there.
+
+        A session streaming long chunks with several in flight would otherwise
+        leave the worker idle between its calls for the loop's finish of one
+        and gather of the next (measured at ~250 us against a ~380 us call
+        for T=64). Chained, `w` runs right after `before` in the same worker,
+        from the state `before` produced; it is committed only if `before`
+        was, and runs again the ordinary way if not.
+        """
+        first = self._solo.get(before)
+        if (
+            first is None
+            or first.chained_to is not None
+            or len(self._offloads) >= MAX_OFFLOADED
+            or w.blockers != 1
+            or (w.expected is not None and w.expected != first.after)
+        ):
+            return
+        assert first.after is not None
+        calls, plan = self.runner.prepare_chained(w, first.calls[0])
+        rnd = Round(buckets={len(w.x): plan[0][1]}, taken=[w])
+        handed = self._hand_over(rnd, calls, plan, [])
+        handed.after = first.after + len(w.x)
+        first.chained_to = handed
+        self._solo[w] = handed
+        self._chained.add(w)
+        self._queued -= 1
 
     def _done(self, unit: Unit) -> None:
-        self._ready.extend(self._order.done(unit))
+        ready = self._order.done(unit)
+        if self._chained:
+            ready = [u for u in ready if u not in self._chained]  # already in the worker
+        self._ready.extend(ready)
 
     # --- the loop ----------------------------------------------------------------
 
@@ -239,14 +285,24 @@ class Batcher(Generic[Owner]):
             results, rollouts = runner.compute(calls, forecasts)
             runner.finish(rnd, plan, results, forecasts, rollouts)
             return False
+        handed = self._hand_over(rnd, calls, plan, forecasts)
+        w = rnd.taken[0]
+        if len(rnd.taken) == 1 and isinstance(w, StepWork):  # may have a step chained to it
+            handed.after = int(self.slab.position[w.slot]) + len(w.x)
+            self._solo[w] = handed
+        return True
+
+    def _hand_over(
+        self, rnd: Round, calls: list[Call], plan: list[Planned], forecasts: list[Rollout]
+    ) -> _Handed:
         assert self._executor is not None
-        handed = _Handed(rnd, plan, forecasts)
-        done = self._executor.submit(runner.compute, calls, forecasts)
+        handed = _Handed(rnd, plan, forecasts, calls)
+        done = self._executor.submit(self.runner.compute, calls, forecasts)
         loop = asyncio.get_running_loop()
         done.add_done_callback(functools.partial(self._from_worker, loop, handed))
         self._offloads.add(handed)
         self.offloaded += 1
-        return True
+        return handed
 
     def _from_worker(
         self, loop: asyncio.AbstractEventLoop, handed: _Handed, done: Future[Computed]
@@ -265,18 +321,36 @@ class Batcher(Generic[Owner]):
         if handed.abandoned:  # stop() gave up on it and failed its units
             return
         rnd = handed.round
+        self._offloads.discard(handed)
+        assert self._wake is not None
+        step = rnd.taken[0] if rnd.taken else None
+        if isinstance(step, StepWork) and step in self._chained:
+            self._chained.discard(step)
+            if not handed.after_committed:
+                del self._solo[step]
+                # It ran from a state that was never committed: run it again as
+                # it stands now (its turn has come: what it waited for is done).
+                self._ready.appendleft(step)
+                self._queued += 1
+                self._wake.set()
+                return
         try:
             results, rollouts = done.result()
             self.runner.finish(rnd, handed.plan, results, handed.forecasts, rollouts)
         except Exception as exc:
             self._fail_round(rnd, exc)
         finally:
+            if isinstance(step, StepWork) and self._solo.pop(step, None) is not None:
+                slab, slot = self.slab, step.slot
+                handed.committed = (
+                    int(slab.position[slot]) == handed.after and int(slab.epoch[slot]) == step.epoch
+                )
+                if handed.chained_to is not None:
+                    handed.chained_to.after_committed = handed.committed
             for unit in rnd.taken:
                 self._done(unit)
-            self._offloads.discard(handed)
         if self._ready and self._may_start_here():
             self._round()
-        assert self._wake is not None
         self._wake.set()
 
     def _assemble(self, rnd: Round) -> None:

@@ -58,12 +58,20 @@ class Bucket:
     rows: int = 0
 
 
-@dataclass
+@dataclass(eq=False)
 class Call:
     """One ONNX Runtime call prepared on the loop, run in the worker."""
 
     x: F32  # (B, T, F)
-    states: list[F32]  # model layout, batch B
+    states: list[F32]  # model layout, batch B; empty when chained
+    # Chained: start from the new states of `after`, a B=1 call of the same session
+    # that the same worker runs first (see Batcher._chain).
+    after: Call | None = None
+    out: tuple[F32, list[F32]] | BaseException | None = None  # set by compute
+
+
+class BrokenChain(Exception):
+    """A chained call whose predecessor failed: it was not run (and is run again)."""
 
 
 # A bucket's T, the bucket, its slots (B,) in row order, and (first call, end call,
@@ -218,6 +226,13 @@ class RoundRunner(Generic[Owner]):
             plan.append((t, bucket, slots, (first, len(calls), epochs)))
         return calls, plan
 
+    def prepare_chained(self, w: StepWork, after: Call) -> tuple[list[Call], list[Planned]]:
+        """Like `prepare` for a round of the one step `w`, whose state `after` will make."""
+        bucket = Bucket(steps=[w], rows=1)
+        slots = np.array([w.slot], np.int64)
+        epochs = np.array([w.epoch], np.uint32)  # as queued: a reset since fails it
+        return [Call(w.x[None], [], after)], [(len(w.x), bucket, slots, (0, 1, epochs))]
+
     def cost(self, calls: list[Call], forecasts: list[Rollout]) -> float:
         """Predicted seconds of the round's model calls."""
         row_steps = sum(c.x.shape[0] * c.x.shape[1] for c in calls)
@@ -234,10 +249,19 @@ class RoundRunner(Generic[Owner]):
         run = self.model.run
         results: list[tuple[F32, list[F32]] | BaseException] = []
         for c in calls:
+            states = c.states
+            if c.after is not None:
+                before = c.after.out
+                if not isinstance(before, tuple):
+                    c.out = BrokenChain()
+                    results.append(c.out)
+                    continue
+                states = before[1]
             try:
-                results.append(run(c.x, c.states))
+                c.out = run(c.x, states)
             except Exception as exc:
-                results.append(exc)
+                c.out = exc
+            results.append(c.out)
         rollouts: list[F32 | BaseException] = []
         for f in forecasts:
             try:

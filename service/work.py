@@ -227,6 +227,10 @@ class Order:
         self.unfinished[unit] = None
         return blockers == 0
 
+    def last(self, slot: int) -> Unit | None:
+        """The last unfinished unit on `slot`, which a unit added now would wait for."""
+        return self._tail.get(slot)
+
     def done(self, unit: Unit) -> list[Unit]:
         """Mark a unit finished (exactly once); the units that may run now because of it."""
         tail = self._tail

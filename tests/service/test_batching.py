@@ -354,44 +354,120 @@ def test_the_next_round_is_gathered_while_one_runs(
     registry: ModelRegistry, zoo: ModelZoo, gate: Callable[[str], Gate]
 ) -> None:
     """While a round holds the worker, steps of other sessions are gathered into a
-    second round queued behind it (not a third: at most two are handed over), and
-    a session's next step still waits for its previous one."""
+    second round queued behind it (not a third: at most two are handed over)."""
     g = gate("lstm-ar")
-    x = walk(8, seed=9)
+    x = walk(4, seed=9)
+    tiled = np.tile(x.ravel(), 2)
 
     async def main() -> None:
         async with running(registry) as m:
             batcher = next(b for b in m.batchers() if b.model.name == "lstm-ar")
             ids = [m.create("lstm-ar", None, None, PRINCIPAL).session_id for _ in range(5)]
-            first = asyncio.ensure_future(m.step(ids[0], x[:4].ravel(), PRINCIPAL))
+            first = asyncio.ensure_future(m.step(ids[0], x.ravel(), PRINCIPAL))
             await in_flight(g)  # round 1 holds the worker
-            again = asyncio.ensure_future(m.step(ids[0], x[4:].ravel(), PRINCIPAL))
-            second = asyncio.ensure_future(
-                m.step_batch(ids[1:3], [4, 4], np.tile(x[:4].ravel(), 2), PRINCIPAL)
-            )
-            for _ in range(5):
-                await asyncio.sleep(0)
-            # Round 2 (ids 1-2) was gathered and handed over behind round 1.
-            assert len(batcher._offloads) == 2
-            third = asyncio.ensure_future(
-                m.step_batch(ids[3:], [4, 4], np.tile(x[:4].ravel(), 2), PRINCIPAL)
-            )
-            for _ in range(5):
-                await asyncio.sleep(0)
+            second = asyncio.ensure_future(m.step_batch(ids[1:3], [4, 4], tiled, PRINCIPAL))
+            await settle_loop()
+            assert len(batcher._offloads) == 2  # round 2 gathered and handed over
+            third = asyncio.ensure_future(m.step_batch(ids[3:], [4, 4], tiled, PRINCIPAL))
+            await settle_loop()
             assert len(batcher._offloads) == 2  # round 3 waits to be gathered
             g.open.set()
-            done = await asyncio.gather(first, again, second, third)
-            want = torch_reference(zoo.modules["lstm-ar"], x)
-            np.testing.assert_allclose(
-                np.concatenate([done[0].outputs, done[1].outputs]), want, rtol=0, atol=ATOL
-            )
-            for batch in done[2:]:
+            one, *batches = await asyncio.gather(first, second, third)
+            want = torch_reference(zoo.modules["lstm-ar"], x)[:, 0]  # (T,)
+            np.testing.assert_allclose(one.outputs[:, 0], want, rtol=0, atol=ATOL)
+            for batch in batches:
                 assert batch.positions == [4, 4] and not batch.errors
                 np.testing.assert_allclose(
-                    batch.outputs.reshape(2, 4), np.tile(want[:4, 0], (2, 1)), rtol=0, atol=ATOL
+                    batch.outputs.reshape(2, 4), np.tile(want, (2, 1)), rtol=0, atol=ATOL
                 )
-            # One call per round; the session's second step became ready when round 1
-            # finished and joined round 3.
-            assert g.calls == [1, 2, 3]
+            assert g.calls == [1, 2, 2]  # one call per round
+
+    asyncio.run(main())
+
+
+async def settle_loop() -> None:
+    """Let the loop run what the last call made ready (no thread involved)."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+def test_a_sessions_next_step_is_chained_behind_its_running_one(
+    registry: ModelRegistry, zoo: ModelZoo, gate: Callable[[str], Gate]
+) -> None:
+    """The next step of a session whose step is in the worker is handed over at
+    once, to run from the state that step makes."""
+    g = gate("lstm-ar")
+    x = walk(12, seed=10)
+
+    async def main() -> None:
+        async with running(registry) as m:
+            batcher = next(b for b in m.batchers() if b.model.name == "lstm-ar")
+            sid = m.create("lstm-ar", None, None, PRINCIPAL).session_id
+            first = asyncio.ensure_future(m.step(sid, x[:4].ravel(), PRINCIPAL))
+            await in_flight(g)
+            then = asyncio.ensure_future(m.step(sid, x[4:8].ravel(), PRINCIPAL, position=4))
+            await settle_loop()
+            assert len(batcher._offloads) == 2  # chained, not waiting for its turn
+            g.open.set()
+            a, b = await asyncio.gather(first, then)
+            last = await m.step(sid, x[8:].ravel(), PRINCIPAL)  # committed state carries on
+            assert (a.position, b.position, last.position) == (4, 8, 12)
+            got = np.concatenate([a.outputs, b.outputs, last.outputs])
+            want = torch_reference(zoo.modules["lstm-ar"], x)
+            np.testing.assert_allclose(got, want, rtol=0, atol=ATOL)
+            assert g.calls == [1, 1, 1]
+
+    asyncio.run(main())
+
+
+def test_a_chained_step_runs_again_when_the_step_before_it_fails(
+    registry: ModelRegistry, zoo: ModelZoo, gate: Callable[[str], Gate]
+) -> None:
+    g = gate("lstm-ar")
+    x = walk(8, seed=11)
+
+    async def main() -> None:
+        async with running(registry) as m:
+            sid = m.create("lstm-ar", None, None, PRINCIPAL).session_id
+            g.fail_next = 1
+            first = asyncio.ensure_future(m.step(sid, x[:4].ravel(), PRINCIPAL))
+            await in_flight(g)
+            then = asyncio.ensure_future(m.step(sid, x[4:].ravel(), PRINCIPAL))
+            await settle_loop()
+            g.open.set()
+            with pytest.raises(Internal, match="the model call failed"):
+                await first
+            # The failed step changed nothing, so its successor starts from zero state.
+            result = await then
+            assert result.position == 4
+            want = torch_reference(zoo.modules["lstm-ar"], x[4:])
+            np.testing.assert_allclose(result.outputs, want, rtol=0, atol=ATOL)
+            assert g.calls == [1, 1]  # the failed call, then the successor run again
+
+    asyncio.run(main())
+
+
+def test_a_reset_fails_a_running_step_and_the_step_chained_to_it(
+    registry: ModelRegistry, zoo: ModelZoo, gate: Callable[[str], Gate]
+) -> None:
+    g = gate("lstm-ar")
+    x = walk(8, seed=12)
+
+    async def main() -> None:
+        async with running(registry) as m:
+            sid = m.create("lstm-ar", None, None, PRINCIPAL).session_id
+            first = asyncio.ensure_future(m.step(sid, x[:4].ravel(), PRINCIPAL))
+            await in_flight(g)
+            then = asyncio.ensure_future(m.step(sid, x[4:].ravel(), PRINCIPAL))
+            await settle_loop()
+            m.reset(sid, PRINCIPAL)
+            g.open.set()
+            for step in (first, then):
+                with pytest.raises(FailedPrecondition, match="was reset while this step"):
+                    await step
+            assert m.info(sid, PRINCIPAL).position == 0
+            after = await m.step(sid, x[:4].ravel(), PRINCIPAL)
+            want = torch_reference(zoo.modules["lstm-ar"], x[:4])
+            np.testing.assert_allclose(after.outputs, want, rtol=0, atol=ATOL)
 
     asyncio.run(main())
