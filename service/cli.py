@@ -99,9 +99,11 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"seqserve serve: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
+    from service.heap import keep_round_buffers_in_heap
     from service.runtime import ModelLoadError  # loads ONNX Runtime
     from service.server import serve
 
+    keep_round_buffers_in_heap()  # the serving process owns its allocator
     try:
         asyncio.run(serve(settings))
     except (ModelLoadError, OSError) as exc:
