@@ -6,6 +6,13 @@ benchmark can tell what the transport itself costs on this machine. It runs
 in its own process, like the real server, with the same server options.
 
     python -m service.bench.echo --address 127.0.0.1:0 --input-size 1 --output-size 1
+
+With --model, it is the inline reference instead: each stream step runs the
+model at batch 1 on the event loop, state in a dict, the step's answer written
+as soon as it is computed. No validation, batching, ordering, limits or
+pipelining: the least any server on this transport and runtime can do for a
+step, to show what scenario 1's floor (echo + ONNX Runtime measured back to
+back, with warm caches) leaves out.
 """
 
 from __future__ import annotations
@@ -15,12 +22,17 @@ import asyncio
 import itertools
 import signal
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import grpc
+import numpy as np
 
 from service.api import seqserve_pb2 as pb
 from service.api import seqserve_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:  # the plain echo never loads ONNX Runtime
+    from service.runtime import LoadedModel
 
 READY_PREFIX = "echo listening on "
 Context = grpc.aio.ServicerContext[object, object]
@@ -96,9 +108,45 @@ class EchoInference(pb_grpc.InferenceServicer):
         )
 
 
-async def serve(address: str, input_size: int, output_size: int, max_message_bytes: int) -> None:
+class InlineReference(EchoInference):
+    """Runs the model per stream step, inline on the loop (see the module doc)."""
+
+    def __init__(self, model: LoadedModel) -> None:
+        super().__init__(model.spec.input_size, model.spec.output_size)
+        self._model = model
+        self._states: dict[str, list[Any]] = {}  # session id -> states in model layout, B=1
+        self._positions: dict[str, int] = {}
+
+    async def CreateSession(
+        self, request: pb.CreateSessionRequest, context: Context
+    ) -> pb.SessionInfo:
+        info = await super().CreateSession(request, context)
+        self._states[info.session_id] = self._model.zero_states(1)
+        self._positions[info.session_id] = 0
+        return info
+
+    async def StepStream(
+        self, request_iterator: AsyncIterator[pb.StepRequest], context: Context
+    ) -> AsyncIterator[pb.StepResponse]:
+        f = self._input_size
+        async for request in request_iterator:
+            sid = request.session_id
+            x = np.asarray(request.values, np.float32).reshape(1, -1, f)  # (1, T, F)
+            y, self._states[sid] = self._model.run(x, self._states[sid])  # y (1, T, O)
+            t = x.shape[1]
+            self._positions[sid] += t
+            yield pb.StepResponse(
+                session_id=sid,
+                request_id=request.request_id,
+                time=t,
+                output_size=self._output_size,
+                outputs=y.ravel().tolist(),
+                position=self._positions[sid],
+            )
+
+
+async def serve(address: str, servicer: EchoInference, max_message_bytes: int) -> None:
     server = grpc.aio.server(options=server_options(max_message_bytes))
-    servicer = EchoInference(input_size, output_size)
     pb_grpc.add_InferenceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
     port = server.add_insecure_port(address)
     await server.start()
@@ -118,8 +166,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--input-size", type=int, default=1)
     parser.add_argument("--output-size", type=int, default=1)
     parser.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES)
+    parser.add_argument("--repository", default=None, help="with --model: the inline reference")
+    parser.add_argument("--model", default=None, help="model name in --repository")
     args = parser.parse_args(argv)
-    asyncio.run(serve(args.address, args.input_size, args.output_size, args.max_message_bytes))
+    if (args.model is None) != (args.repository is None):
+        parser.error("--model and --repository go together")
+    servicer: EchoInference
+    if args.model is not None:
+        from service.runtime import ModelRegistry
+
+        model = ModelRegistry.load(Path(args.repository)).get(args.model)
+        servicer = InlineReference(model)
+    else:
+        servicer = EchoInference(args.input_size, args.output_size)
+    asyncio.run(serve(args.address, servicer, args.max_message_bytes))
     return 0
 
 

@@ -24,6 +24,7 @@ class Context:
     pool: ClientPool
     server: str  # HOST:PORT of the seqserve server under test
     echo: str  # HOST:PORT of the echo floor
+    reference: str | None  # HOST:PORT of the inline reference (scenario 1), if started
     specs: dict[str, ModelSpec]
     ort: dict[tuple[str, int, int], OrtFloor]  # (model, B, T)
     say: Callable[[str], None]
@@ -143,10 +144,21 @@ def batch(ctx: Context, target: str, model: ModelShape, size: int, inflight: int
 def against_echo(ctx: Context, one: Callable[[str], LoadResult]) -> tuple[Measured, Measured]:
     """(server, echo): rounds alternate echo, server, server, echo, ... so that a slow
     stretch of a shared machine weighs on both sides alike."""
-    server: list[LoadResult] = []
-    echo: list[LoadResult] = []
+    server, echo = interleaved(ctx, one, [ctx.server, ctx.echo])
+    return server, echo
+
+
+def interleaved(
+    ctx: Context, one: Callable[[str], LoadResult], targets: list[str]
+) -> list[Measured]:
+    """One Measured per target; each round runs every target, in an order that
+    rotates from round to round, so that noise weighs on all alike."""
+    results: list[list[LoadResult]] = [[] for _ in targets]
+    k = len(targets)
     for i in range(ctx.config.rounds):
-        order = [(ctx.echo, echo), (ctx.server, server)]
-        for target, into in order if i % 2 == 0 else reversed(order):
-            into.append(one(target))
-    return summarise(server), summarise(echo)
+        order = list(range(k))[i % k :] + list(range(k))[: i % k]
+        if i % 2:
+            order.reverse()
+        for j in order:
+            results[j].append(one(targets[j]))
+    return [summarise(r) for r in results]

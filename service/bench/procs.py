@@ -134,6 +134,15 @@ def seqserve_server(repository: Path, max_sessions: int, extra: list[str]) -> Se
     return ServerProcess("seqserve server", argv, SERVER_READY_PREFIX)
 
 
+def reference_server(repository: Path, model: str) -> ServerProcess:
+    """The inline reference (service.bench.echo --model): a model step per message, no core."""
+    from service.bench.echo import READY_PREFIX
+
+    argv = [sys.executable, "-m", "service.bench.echo", "--address", "127.0.0.1:0"]
+    argv += ["--repository", str(repository), "--model", model]
+    return ServerProcess("inline reference server", argv, READY_PREFIX)
+
+
 def echo_server(input_size: int, output_size: int) -> ServerProcess:
     from service.bench.echo import READY_PREFIX
 

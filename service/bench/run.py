@@ -17,7 +17,7 @@ from service.bench.floors import OrtFloor, OrtTimer
 from service.bench.measure import Context
 from service.bench.modelrepo import VERSION, build_repository
 from service.bench.pool import ClientPool
-from service.bench.procs import ServerProcess, echo_server, seqserve_server
+from service.bench.procs import ServerProcess, echo_server, reference_server, seqserve_server
 from service.bench.report import Row, format_markdown, format_table, write_json
 from service.bench.scale import scale
 from service.spec import ModelSpec
@@ -95,6 +95,10 @@ def run(opts: RunOptions) -> tuple[list[Row], int]:
             target = server.start()
         else:
             target = opts.target
+        reference = None
+        if "1" in opts.only:
+            reference = stack.enter_context(reference_server(opts.repository, c.main_model.name))
+            reference.start()
         say(f"echo floor at {echo.address}, seqserve at {target}")
         pool = stack.enter_context(ClientPool(c.client_procs))
         ctx = Context(
@@ -102,6 +106,7 @@ def run(opts: RunOptions) -> tuple[list[Row], int]:
             pool=pool,
             server=target,
             echo=echo.address,
+            reference=None if reference is None else reference.address,
             specs=specs,
             ort=floors,
             say=say,

@@ -13,7 +13,15 @@ import numpy.typing as npt
 
 from service.bench.config import ModelShape
 from service.bench.drivers import LoadResult
-from service.bench.measure import Context, Measured, against_echo, batch, stream, summarise
+from service.bench.measure import (
+    Context,
+    Measured,
+    against_echo,
+    batch,
+    interleaved,
+    stream,
+    summarise,
+)
 from service.bench.report import Row, Target
 
 LATENCY_TARGET = Target("<=", 1.3)
@@ -39,7 +47,8 @@ def _streams(ctx: Context, model: ModelShape, n: int, target: str) -> LoadResult
 def latency(ctx: Context) -> Measured:
     """Scenario 1: one session, ping-pong single steps over the stream. Returns the echo floor."""
     model = ctx.config.main_model
-    server, echo = against_echo(ctx, lambda t: stream(ctx, t, model, 1, 1))
+    targets = [ctx.server, ctx.echo] + ([ctx.reference] if ctx.reference else [])
+    server, echo, *reference = interleaved(ctx, lambda t: stream(ctx, t, model, 1, 1), targets)
     ctx.measured["1"] = server
     s, e = server.latency, echo.latency
     ort_us = ctx.floor(model, 1).median_s * 1e6
@@ -61,6 +70,16 @@ def latency(ctx: Context) -> Measured:
         *_cpu_row(scen, "server CPU on the loop thread", server.loop_cpu_us_per_msg,
                   echo.loop_cpu_us_per_msg, "echo loop thread"),
     ]  # fmt: skip
+    if reference:
+        r = reference[0].latency
+        ctx.say(f"s1 inline reference (no batching, no core): p50 {r['p50']:.0f} us")
+        ctx.details["1"]["reference"] = reference[0].to_dict()
+        ctx.rows += [
+            Row(scen, "p50 inline reference", r["p50"], "us", e["p50"] + ort_us,
+                "echo p50 + ORT B=1"),
+            Row(scen, "p50 against the reference", s["p50"], "us", r["p50"],
+                "inline reference p50"),
+        ]  # fmt: skip
     return echo
 
 

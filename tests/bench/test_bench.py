@@ -9,21 +9,27 @@ tables and plots are written.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import json
 import math
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
+from service.api import seqserve_pb2 as pb
 from service.bench import main
 from service.bench.compare import compare
 from service.bench.config import SMOKE
 from service.bench.drivers import BatchJob, CreateJob, StreamJob
+from service.bench.echo import InlineReference
 from service.bench.pool import split_job
 from service.bench.report import Row, Target, format_table
+from service.runtime import ModelRegistry
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -49,7 +55,12 @@ def test_every_scenario_reports_its_figures(smoke_run: tuple[Path, str]) -> None
     by_scenario: dict[str, set[str]] = {}
     for r in rows:
         by_scenario.setdefault(r["scenario"], set()).add(r["figure"])
-    assert by_scenario["1 latency"] >= {"p50 round trip", "p99 round trip"}
+    assert by_scenario["1 latency"] >= {
+        "p50 round trip",
+        "p99 round trip",
+        "p50 inline reference",
+        "p50 against the reference",
+    }
     for n in SMOKE.concurrency:
         assert by_scenario[f"2 concurrency {n}"] >= {
             "steps/s",
@@ -161,3 +172,26 @@ def test_compare_matches_rows_of_two_runs(tmp_path: Path) -> None:
     assert latency[:5] == ["1 latency", "p50 round trip", "400 us", "300 us", "0.75x"]
     assert latency[5:] == ["2.00x", "1.50x"]  # ratios against the 200 us floor
     assert memory[0] == "5 scale 2,000 idle" and memory[4] == "0.75x"
+
+
+def test_the_inline_reference_steps_the_model(smoke_run: tuple[Path, str]) -> None:
+    """Its figure means something only if it really runs the model per step, with state."""
+    out, _ = smoke_run
+    model = ModelRegistry.load(out / "repository").get(SMOKE.main_model.name)
+    ref = InlineReference(model)
+    x = np.random.default_rng(3).normal(size=(6, model.spec.input_size)).astype(np.float32)
+
+    async def drive() -> list[Any]:
+        info = await ref.CreateSession(pb.CreateSessionRequest(model=model.name), None)  # type: ignore[arg-type]
+
+        async def requests() -> AsyncIterator[pb.StepRequest]:
+            for row in (x[:2], x[2:3], x[3:]):  # chunks of 2, 1 and 3 steps
+                yield pb.StepRequest(session_id=info.session_id, values=row.ravel().tolist())
+
+        return [r async for r in ref.StepStream(requests(), None)]  # type: ignore[arg-type]
+
+    answers = asyncio.run(drive())
+    assert [a.position for a in answers] == [2, 3, 6]
+    want, _ = model.run(x[None], model.zero_states(1))  # (1, 6, O) in one call
+    got = np.concatenate([np.asarray(a.outputs, np.float32) for a in answers])
+    np.testing.assert_allclose(got, want.ravel(), rtol=0, atol=1e-5)
