@@ -141,13 +141,6 @@ def batch(ctx: Context, target: str, model: ModelShape, size: int, inflight: int
     return _check(result, f"BatchStep {size} x {inflight} of {model.name} at {target}")
 
 
-def against_echo(ctx: Context, one: Callable[[str], LoadResult]) -> tuple[Measured, Measured]:
-    """(server, echo): rounds alternate echo, server, server, echo, ... so that a slow
-    stretch of a shared machine weighs on both sides alike."""
-    server, echo = interleaved(ctx, one, [ctx.server, ctx.echo])
-    return server, echo
-
-
 def interleaved(
     ctx: Context, one: Callable[[str], LoadResult], targets: list[str]
 ) -> list[Measured]:

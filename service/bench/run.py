@@ -96,7 +96,7 @@ def run(opts: RunOptions) -> tuple[list[Row], int]:
         else:
             target = opts.target
         reference = None
-        if "1" in opts.only:
+        if "1" in opts.only or "2" in opts.only:
             reference = stack.enter_context(reference_server(opts.repository, c.main_model.name))
             reference.start()
         say(f"echo floor at {echo.address}, seqserve at {target}")

@@ -16,7 +16,6 @@ from service.bench.drivers import LoadResult
 from service.bench.measure import (
     Context,
     Measured,
-    against_echo,
     batch,
     interleaved,
     stream,
@@ -74,6 +73,7 @@ def latency(ctx: Context) -> Measured:
         r = reference[0].latency
         ctx.say(f"s1 inline reference (no batching, no core): p50 {r['p50']:.0f} us")
         ctx.details["1"]["reference"] = reference[0].to_dict()
+        ctx.samples["1 latency"]["inline reference"] = reference[0].latencies_ns
         ctx.rows += [
             Row(scen, "p50 inline reference", r["p50"], "us", e["p50"] + ort_us,
                 "echo p50 + ORT B=1"),
@@ -90,7 +90,9 @@ def concurrency(ctx: Context) -> None:
     series: list[dict[str, Any]] = []
     samples: dict[str, npt.NDArray[np.int64]] = {}
     for n in c.concurrency:
-        server, echo = against_echo(ctx, functools.partial(_streams, ctx, model, n))
+        targets = [ctx.server, ctx.echo] + ([ctx.reference] if ctx.reference else [])
+        one = functools.partial(_streams, ctx, model, n)
+        server, echo, *reference = interleaved(ctx, one, targets)
         s, e = server.latency, echo.latency
         ctx.say(
             f"s2 {n} streams: {server.rate:,.0f} steps/s (echo {echo.rate:,.0f}), "
@@ -108,6 +110,12 @@ def concurrency(ctx: Context) -> None:
             *_cpu_row(scen, "server CPU per step", server.cpu_us_per_msg, echo.cpu_us_per_msg,
                       "echo CPU per msg"),
         ]  # fmt: skip
+        if reference:
+            series[-1]["reference"] = reference[0].to_dict()
+            ctx.rows.append(
+                Row(scen, "steps/s inline reference", reference[0].rate, "/s", echo.rate,
+                    "echo msgs/s")
+            )  # fmt: skip
     ctx.samples["2 concurrency"] = samples
     ctx.details["2"] = {"model": model.name, "series": series}
 

@@ -66,6 +66,7 @@ def test_every_scenario_reports_its_figures(smoke_run: tuple[Path, str]) -> None
             "steps/s",
             "p50 round trip",
             "sessions starved",
+            "steps/s inline reference",
         }
     for b in SMOKE.batch_sizes:
         for k in SMOKE.inflight:
