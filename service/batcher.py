@@ -31,14 +31,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-import numpy as np
-
 from service.errors import Internal, ResourceExhausted, Unavailable
 from service.rounds import Bucket, Call, Computed, Planned, Rollout, Round, RoundRunner
 from service.runtime import LoadedModel
 from service.settings import CoreSettings
 from service.slab import Slab
-from service.work import ForecastWork, GroupWork, Order, StepWork, Unit, fail, rows
+from service.work import ForecastWork, GroupWork, Order, StepWork, Unit, distinct, fail, rows
 
 log = logging.getLogger(__name__)
 
@@ -366,7 +364,7 @@ class Batcher(Generic[Owner]):
                 live = self.runner.check_group(w)
                 rnd.taken.append(w)
                 rnd.groups.append(w)
-                for t in np.unique(w.times[live]).tolist():
+                for t in distinct(w.times[live]).tolist():
                     idx = live[w.times[live] == t]
                     bucket = rnd.buckets.setdefault(t, Bucket())
                     bucket.parts.append((w, idx))

@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from service.errors import InvalidArgument, NotFound, SeqServeError, quoted
-from service.work import GroupWork
+from service.work import GroupWork, distinct
 
 if TYPE_CHECKING:
     from service.sessions import Session, _Home
@@ -95,7 +95,7 @@ class BatchPlan:
         """Checks that need the sessions: value counts, then per-item errors."""
         known = homes >= 0
         sizes = np.array([h.model.spec.input_size for h in home_list], np.int64)
-        present = np.unique(sizes[homes[known]])
+        present = distinct(sizes[homes[known]])
         if not known.all() and len(present) > 1:
             i = int(np.flatnonzero(~known)[0])
             raise NotFound(
@@ -150,7 +150,7 @@ class BatchPlan:
         if self.errors:
             valid[list(self.errors)] = False
         out: list[tuple[_Home, GroupWork]] = []
-        for h in np.unique(self.homes[valid]).tolist():
+        for h in distinct(self.homes[valid]).tolist():
             home = self.home_list[h]
             spec = home.model.spec
             idx = np.flatnonzero(valid & (self.homes == h))

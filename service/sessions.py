@@ -51,7 +51,7 @@ from service.errors import (
 from service.runtime import LoadedModel, ModelRegistry
 from service.settings import CoreSettings
 from service.slab import Slab
-from service.work import ForecastResult, ForecastWork, Reply, StepResult, StepWork
+from service.work import ForecastResult, ForecastWork, Reply, StepResult, StepWork, distinct
 
 __all__ = [
     "BatchResult",
@@ -364,7 +364,7 @@ class SessionManager:
         homes = np.fromiter((-1 if r is None else r[HOME] for r in recs), np.int64, n)
         slots = np.fromiter((-1 if r is None else r[SLOT] for r in recs), np.int64, n)
         now = self._clock()
-        for h in np.unique(homes[homes >= 0]).tolist():
+        for h in distinct(homes[homes >= 0]).tolist():
             rows = np.flatnonzero(homes == h)
             idle = now - self._home_list[h].slab.last_access[slots[rows]] > self._ttl
             for i in rows[idle].tolist():  # expired: evicted now, unknown from here on

@@ -187,6 +187,13 @@ class GroupWork(_Unit):
 Unit = StepWork | ForecastWork | GroupWork
 
 
+def distinct(values: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """np.unique, with the common case (one value, or none) at the cost of two reductions."""
+    if len(values) == 0 or values.min() == values.max():
+        return values[:1]
+    return np.unique(values)
+
+
 def rows(unit: Unit) -> int:
     return len(unit.slots) if isinstance(unit, GroupWork) else 1
 
