@@ -326,11 +326,14 @@ class Batcher(Generic[Owner]):
             self._chained.discard(step)
             if not handed.after_committed:
                 del self._solo[step]
-                # It ran from a state that was never committed: run it again as
-                # it stands now (its turn has come: what it waited for is done).
-                self._ready.appendleft(step)
+                # It ran from a state that was never committed: run it again from
+                # the state as it stands. Its turn has come if what it waited for
+                # is done; if that was itself sent back to run again, Order
+                # releases this one after it, as any waiting unit.
                 self._queued += 1
-                self._wake.set()
+                if step.blockers == 0:
+                    self._ready.appendleft(step)
+                    self._wake.set()
                 return
         try:
             results, rollouts = done.result()

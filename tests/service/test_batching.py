@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -469,5 +470,60 @@ def test_a_reset_fails_a_running_step_and_the_step_chained_to_it(
             after = await m.step(sid, x[:4].ravel(), PRINCIPAL)
             want = torch_reference(zoo.modules["lstm-ar"], x[:4])
             np.testing.assert_allclose(after.outputs, want, rtol=0, atol=ATOL)
+
+    asyncio.run(main())
+
+
+def test_chained_steps_sent_back_run_again_in_their_order(
+    registry: ModelRegistry, zoo: ModelZoo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A step chained behind one that is itself sent back to run again must wait
+    for that one's second run, not overtake it."""
+    model = registry.get("lstm-ar")
+    real = model.run
+    opened = [threading.Event() for _ in range(3)]  # the first three calls wait on these
+    entered = threading.Semaphore(0)
+    calls: list[int] = []
+
+    def gated(x: np.ndarray, states: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        k = len(calls)
+        calls.append(x.shape[1])
+        entered.release()
+        if k < len(opened):
+            assert opened[k].wait(timeout=30)
+        return real(x, states)
+
+    monkeypatch.setattr(model, "run", gated)
+    monkeypatch.setattr(model, "call_s", 1.0)  # every round to the worker
+    x = walk(12, seed=13)
+
+    async def reached(n: int) -> None:
+        for _ in range(n):
+            assert await asyncio.to_thread(entered.acquire, timeout=10)
+
+    async def main() -> None:
+        async with running(registry) as m:
+            sid = m.create("lstm-ar", None, None, PRINCIPAL).session_id
+            s1 = asyncio.ensure_future(m.step(sid, x[:4].ravel(), PRINCIPAL))
+            await reached(1)
+            m.reset(sid, PRINCIPAL)  # s1 will not be committed
+            s2 = asyncio.ensure_future(m.step(sid, x[4:8].ravel(), PRINCIPAL))
+            await settle_loop()  # s2 chained behind s1, from the state s1 makes
+            opened[0].set()
+            with pytest.raises(FailedPrecondition, match="was reset while this step"):
+                await s1
+            await reached(1)  # s2's chained call holds the worker
+            s3 = asyncio.ensure_future(m.step(sid, x[8:].ravel(), PRINCIPAL))
+            await settle_loop()  # s3 chained behind s2
+            opened[1].set()  # s2 returns uncommitted-from: sent back, runs again
+            await reached(1)  # s3's chained call
+            await settle_loop()
+            opened[2].set()  # s3 returns: it too is sent back, and must wait for s2
+            a, b = await asyncio.gather(s2, s3)
+            assert (a.position, b.position) == (4, 8)
+            want = torch_reference(zoo.modules["lstm-ar"], x[4:])  # from the reset state
+            np.testing.assert_allclose(
+                np.concatenate([a.outputs, b.outputs]), want, rtol=0, atol=ATOL
+            )
 
     asyncio.run(main())
