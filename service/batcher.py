@@ -66,7 +66,7 @@ class _Handed:
 
 
 class Batcher(Generic[Owner]):
-    """The queue and the round loop of one model version."""
+    """The queue of one model version, and when and where its rounds run."""
 
     def __init__(
         self,
@@ -85,11 +85,11 @@ class Batcher(Generic[Owner]):
         self._ready: deque[Unit] = deque()  # units no earlier unit holds back, in order
         self._queued = 0  # rows submitted and not yet taken into a round
         self._accepting = False
-        self._task: asyncio.Task[None] | None = None
+        self._running = False  # between start() and the end of stop()
+        self._kick_due: asyncio.Handle | asyncio.TimerHandle | None = None  # the next _kick
         self._offloads: set[_Handed] = set()  # rounds in the worker thread
         self._solo: dict[StepWork, _Handed] = {}  # those of one step only, by that step
         self._chained: set[Unit] = set()  # steps handed over before their turn (_chain)
-        self._wake: asyncio.Event | None = None
         self._idle: asyncio.Event | None = None
         self._executor: ThreadPoolExecutor | None = None
         self.offloaded = 0  # rounds run in the worker thread
@@ -113,14 +113,12 @@ class Batcher(Generic[Owner]):
     # --- lifecycle -------------------------------------------------------------
 
     async def start(self) -> None:
-        # Created here so that they belong to the running loop.
-        self._wake = asyncio.Event()
+        # Created here so that it belongs to the running loop.
         self._idle = asyncio.Event()
         self._idle.set()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"ort-{self.model.label}")
         self._accepting = True
-        self._task = asyncio.create_task(self._loop(), name=f"batcher {self.model.label}")
-        self._task.add_done_callback(self._task_done)
+        self._running = True
 
     def stop_accepting(self) -> None:
         self._accepting = False
@@ -131,11 +129,10 @@ class Batcher(Generic[Owner]):
         if self._idle is not None and not self._idle.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), max(grace_s, 0.0))
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        self._running = False
+        if self._kick_due is not None:
+            self._kick_due.cancel()
+            self._kick_due = None
         for handed in self._offloads:  # still in the worker: failed below, ignored on return
             handed.abandoned = True
         self._offloads.clear()
@@ -152,17 +149,13 @@ class Batcher(Generic[Owner]):
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
 
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            log.error("batcher %s stopped", self.model.label, exc_info=task.exception())
-
     # --- submission ------------------------------------------------------------
 
     def admit(self, n: int) -> None:
         """Raise unless `n` more rows may be queued now."""
         if not self._accepting:
             raise Unavailable(f"model {self.model.label}: the server is shutting down")
-        if self._task is None or self._task.done():  # never started, or died (logged)
+        if not self._running:
             raise Internal(f"model {self.model.label}: its batcher is not running")
         if self._queued + n > self._max_queue:
             raise ResourceExhausted(
@@ -175,12 +168,12 @@ class Batcher(Generic[Owner]):
         n = rows(unit)
         self.admit(n)
         self._queued += n
-        assert self._wake is not None and self._idle is not None
+        assert self._idle is not None
         self._idle.clear()
         before = self._order.last(unit.slot) if isinstance(unit, StepWork) else None
         if self._order.add(unit):
             self._ready.append(unit)
-            self._wake.set()
+            self._schedule()
         elif isinstance(before, StepWork) and isinstance(unit, StepWork):
             self._chain(before, unit)
 
@@ -219,23 +212,37 @@ class Batcher(Generic[Owner]):
             ready = [u for u in ready if u not in self._chained]  # already in the worker
         self._ready.extend(ready)
 
-    # --- the loop ----------------------------------------------------------------
+    # --- rounds --------------------------------------------------------------------
 
-    async def _loop(self) -> None:
-        assert self._wake is not None and self._idle is not None
-        while True:
-            while not self._ready or len(self._offloads) >= MAX_OFFLOADED:
-                if not self._ready and not self._offloads:
-                    # Nothing ready and nothing running means nothing unfinished: every
-                    # waiting unit waits on one that is ready or running.
-                    self._idle.set()
-                self._wake.clear()
-                await self._wake.wait()
-            if self._delay_s > 0 and self._queued < self._max_batch:
-                await asyncio.sleep(self._delay_s)
+    def _schedule(self) -> None:
+        """Run _kick once the loop has handled what is ready now (at most one pending).
+
+        A plain callback, not a task woken by an event: a round at low load is
+        one step, and a task wake-up costs as much as the rest of its loop work.
+        Steps submitted by the same loop pass all land in the one round.
+        """
+        if self._kick_due is not None or not self._running:
+            return
+        loop = asyncio.get_running_loop()
+        if self._delay_s > 0 and self._queued < self._max_batch:
+            self._kick_due = loop.call_later(self._delay_s, self._kick)
+        else:
+            self._kick_due = loop.call_soon(self._kick)
+
+    def _kick(self) -> None:
+        """One round, if one may start; then again later while units are ready."""
+        self._kick_due = None
+        if self._ready and len(self._offloads) < MAX_OFFLOADED:
             self._round()
-            if self._ready:
-                await asyncio.sleep(0)  # back-to-back rounds still let others run
+        if self._ready and len(self._offloads) < MAX_OFFLOADED:
+            self._schedule()  # back-to-back rounds still let others run between them
+        self._check_idle()
+
+    def _check_idle(self) -> None:
+        # Nothing ready and nothing running means nothing unfinished: every waiting
+        # unit waits on one that is ready or running.
+        if not self._ready and not self._offloads and self._idle is not None:
+            self._idle.set()
 
     def _round(self) -> None:
         """Take one round of ready units and run it here or hand it to the worker."""
@@ -254,8 +261,7 @@ class Batcher(Generic[Owner]):
 
     def _may_start_here(self) -> bool:
         """Whether a finished round may start the next one itself (see _returned)."""
-        running = self._task is not None and not self._task.done()
-        return running and self._delay_s == 0 and len(self._offloads) < MAX_OFFLOADED
+        return self._running and self._delay_s == 0 and len(self._offloads) < MAX_OFFLOADED
 
     def _fail_round(self, rnd: Round, exc: Exception) -> None:
         rid = secrets.token_hex(6)
@@ -312,7 +318,7 @@ class Batcher(Generic[Owner]):
     def _returned(self, handed: _Handed, done: Future[Computed]) -> None:
         """Finish a round the worker ran, then start the next one at once.
 
-        Starting it here rather than waking the round loop saves the loop hops
+        Starting it here rather than scheduling a kick saves the loop passes
         between two model calls, which is what a session streaming long
         chunks waits on.
         """
@@ -320,7 +326,6 @@ class Batcher(Generic[Owner]):
             return
         rnd = handed.round
         self._offloads.discard(handed)
-        assert self._wake is not None
         step = rnd.taken[0] if rnd.taken else None
         if isinstance(step, StepWork) and step in self._chained:
             self._chained.discard(step)
@@ -333,7 +338,7 @@ class Batcher(Generic[Owner]):
                 self._queued += 1
                 if step.blockers == 0:
                     self._ready.appendleft(step)
-                    self._wake.set()
+                    self._schedule()
                 return
         try:
             results, rollouts = done.result()
@@ -352,7 +357,9 @@ class Batcher(Generic[Owner]):
                 self._done(unit)
         if self._ready and self._may_start_here():
             self._round()
-        self._wake.set()
+        if self._ready:
+            self._schedule()
+        self._check_idle()
 
     def _assemble(self, rnd: Round) -> None:
         """Take ready units, in order, until the round holds `max_batch` rows."""
