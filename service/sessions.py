@@ -27,12 +27,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import operator
 import secrets
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -90,6 +91,9 @@ ID: Final = 0
 PRINCIPAL: Final = 1
 HOME: Final = 2
 SLOT: Final = 3
+_principal_of = operator.itemgetter(PRINCIPAL)
+_home_of = operator.itemgetter(HOME)
+_slot_of = operator.itemgetter(SLOT)
 
 
 class _Home:
@@ -355,14 +359,18 @@ class SessionManager:
         self, session_ids: Sequence[str], principal: str
     ) -> tuple[list[Session | None], I64, I64]:
         """Look up many sessions at once: records (None if unknown), home indices, slots (-1)."""
-        get = self._sessions.get
-        recs = [
-            r if (r := get(sid)) is not None and r[PRINCIPAL] == principal else None
-            for sid in session_ids
-        ]
-        n = len(recs)
-        homes = np.fromiter((-1 if r is None else r[HOME] for r in recs), np.int64, n)
-        slots = np.fromiter((-1 if r is None else r[SLOT] for r in recs), np.int64, n)
+        n = len(session_ids)
+        found: list[Session | None] = list(map(self._sessions.get, session_ids))
+        known = cast(list[Session], found)  # checked next: no None in it
+        if None not in found and set(map(_principal_of, known)) == {principal}:
+            # The common batch: every session known and the caller's. C-level passes only.
+            recs = found
+            homes = np.fromiter(map(_home_of, known), np.int64, n)
+            slots = np.fromiter(map(_slot_of, known), np.int64, n)
+        else:
+            recs = [r if r is not None and r[PRINCIPAL] == principal else None for r in found]
+            homes = np.fromiter((-1 if r is None else r[HOME] for r in recs), np.int64, n)
+            slots = np.fromiter((-1 if r is None else r[SLOT] for r in recs), np.int64, n)
         now = self._clock()
         for h in distinct(homes[homes >= 0]).tolist():
             rows = np.flatnonzero(homes == h)

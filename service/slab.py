@@ -107,17 +107,37 @@ class Slab(Generic[Owner]):
 
     # --- batches -----------------------------------------------------------
 
+    # Gather and scatter index whole rows of a 2-D view of each state array: the
+    # axes before the batch axis times the capacity, by the axes after it. For
+    # (L, N, H) that is (L * N, H) and rows l * N + slot; numpy copies such rows
+    # with one memcpy each, where indexing the middle axis of the 3-D array
+    # walks an iterator (measured 1.5x slower to scatter at B=1024).
+
+    def _rows(self, index: int, slots: I64) -> tuple[F32, I64, tuple[int, ...], tuple[int, ...]]:
+        """(2-D view, row numbers in state layout order, shape before, shape after)."""
+        arr, axis = self.states[index], self._axes[index]
+        before, after = arr.shape[:axis], arr.shape[axis + 1 :]
+        lead = int(np.prod(before, dtype=np.int64))
+        width = int(np.prod(after, dtype=np.int64))
+        if not arr.flags.c_contiguous:  # reshape would copy, and a scatter write nothing
+            raise RuntimeError(f"slab state {index} is not contiguous")
+        flat = arr.reshape(lead * arr.shape[axis], width)  # a view
+        rows = (np.arange(lead, dtype=np.int64)[:, None] * arr.shape[axis] + slots).reshape(-1)
+        return flat, rows, before, after
+
     def gather(self, slots: I64) -> list[F32]:
         """Copies of the states of `slots`, in the model's layout with B = len(slots)."""
-        return [
-            np.take(arr, slots, axis=axis)
-            for axis, arr in zip(self._axes, self.states, strict=True)
-        ]
+        out: list[F32] = []
+        for i in range(len(self.states)):
+            flat, rows, before, after = self._rows(i, slots)
+            out.append(flat.take(rows, axis=0).reshape(*before, len(slots), *after))
+        return out
 
     def scatter(self, slots: I64, states: Sequence[F32]) -> None:
         """Write the states of a batch (model layout, B = len(slots)) back to `slots`."""
-        for axis, arr, new in zip(self._axes, self.states, states, strict=True):
-            arr[(slice(None),) * axis + (slots,)] = new
+        for i, new in enumerate(states):
+            flat, rows, _, _ = self._rows(i, slots)
+            flat[rows] = new.reshape(len(rows), flat.shape[1])
 
     def select(self, states: Sequence[F32], rows: I64) -> list[F32]:
         """The batch rows `rows` of states in model layout."""

@@ -102,6 +102,11 @@ def test_other_principals_see_nothing(registry: ModelRegistry) -> None:
                 await m.forecast(sid, 2, "bob")
             result = await m.step_batch([sid], None, values(1), "bob")
             assert [(i, type(e)) for i, e in result.errors] == [(0, NotFound)]
+            # Mixed with bob's own: his proceeds, hers is unknown to him.
+            own = m.create("lstm-ar", None, None, "bob").session_id
+            result = await m.step_batch([own, sid], None, values(2), "bob")
+            assert [(i, type(e)) for i, e in result.errors] == [(1, NotFound)]
+            assert result.positions == [1, 0]
             # Nothing bob did touched alice's session.
             assert m.info(sid, "alice").position == 0
             assert (await m.step(sid, values(1), "alice")).position == 1
