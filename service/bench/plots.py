@@ -80,6 +80,9 @@ def throughput_plot(series: list[dict[str, Any]], out: Path) -> Path:
     echo = [s["echo"]["per_s"] for s in series]
     ax.plot(n, echo, "o--", color="grey", label="echo floor (msgs/s)")
     ax.plot(n, [s["server"]["per_s"] for s in series], "o-", label="seqserve (steps/s)")
+    if all("reference" in s for s in series):
+        ax.plot(n, [s["reference"]["per_s"] for s in series], "s-", color="tab:green",
+                label="inline reference (a model call per message, no batching)")  # fmt: skip
     ax.plot(n, [0.9 * e for e in echo], ":", color="tab:red", label="target 0.9x echo")
     ax.set_xscale("log")
     ax.set_xticks(n, [str(x) for x in n])
