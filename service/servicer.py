@@ -21,7 +21,7 @@ from service.api import seqserve_pb2_grpc as pb_grpc
 from service.grpc_errors import to_status, to_status_pb
 from service.runtime import ModelRegistry
 from service.sessions import SessionInfo, SessionManager
-from service.streams import StreamCall
+from service.streams import StreamCall, step_response
 
 ANONYMOUS = "anonymous"
 
@@ -154,34 +154,12 @@ class InferenceServicer(pb_grpc.InferenceServicer):
 
     # -- steps -----------------------------------------------------------------------------------
 
-    async def _step(self, request: pb.StepRequest, principal: str) -> pb.StepResponse:
+    @_unary
+    async def Step(self, request: pb.StepRequest, principal: str) -> pb.StepResponse:
         values = np.asarray(request.values, dtype=np.float32)  # (T * F,)
         position = request.position if request.HasField("position") else None
         result = await self._sessions.step(request.session_id, values, principal, position)
-        time, output_size = result.outputs.shape  # (T, O)
-        return pb.StepResponse(
-            session_id=request.session_id,
-            request_id=request.request_id,
-            time=time,
-            output_size=output_size,
-            outputs=result.outputs.ravel().tolist(),
-            position=result.position,
-        )
-
-    @_unary
-    async def Step(self, request: pb.StepRequest, principal: str) -> pb.StepResponse:
-        return await self._step(request, principal)
-
-    async def _step_in_band(self, request: pb.StepRequest, principal: str) -> pb.StepResponse:
-        """A stream step: a failure becomes the response's `error`, the stream goes on."""
-        try:
-            return await self._step(request, principal)
-        except Exception as exc:
-            return pb.StepResponse(
-                session_id=request.session_id,
-                request_id=request.request_id,
-                error=to_status_pb(exc),
-            )
+        return step_response(request, result)
 
     async def StepStream(
         self, request_iterator: AsyncIterable[pb.StepRequest], context: Context

@@ -32,6 +32,19 @@ from service.undecodable import Undecodable
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
+def step_response(request: pb.StepRequest, result: StepResult) -> pb.StepResponse:
+    """The answer to a step that was applied (the stream's and the unary call's)."""
+    time, output_size = result.outputs.shape  # (T, O)
+    return pb.StepResponse(
+        session_id=request.session_id,
+        request_id=request.request_id,
+        time=time,
+        output_size=output_size,
+        outputs=result.outputs.ravel().tolist(),
+        position=result.position,
+    )
+
+
 class _Pending:
     """A step read and not yet written: the Reply the batcher settles."""
 
@@ -47,16 +60,7 @@ class _Pending:
         return self.gone or self.response is not None
 
     def set_result(self, result: StepResult, /) -> None:
-        time, output_size = result.outputs.shape  # (T, O)
-        request = self.request
-        self.response = pb.StepResponse(
-            session_id=request.session_id,
-            request_id=request.request_id,
-            time=time,
-            output_size=output_size,
-            outputs=result.outputs.ravel().tolist(),
-            position=result.position,
-        )
+        self.response = step_response(self.request, result)
         self.call.settled(self)
 
     def set_exception(self, exception: BaseException, /) -> None:
