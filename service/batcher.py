@@ -57,10 +57,9 @@ class _Handed:
     forecasts: list[Rollout]
     calls: list[Call]
     abandoned: bool = False  # stop() failed its units; its result is dropped
-    # A round of one step only: the position it leaves its session at, whether
-    # it was committed (known once returned), and the round chained to it.
+    # A round of one step only: the position it leaves its session at, and the
+    # round chained to it.
     after: int | None = None
-    committed: bool = False
     chained_to: _Handed | None = None
     after_committed: bool = False  # a chained round: whether the one before it committed
 
@@ -346,13 +345,12 @@ class Batcher(Generic[Owner]):
         except Exception as exc:
             self._fail_round(rnd, exc)
         finally:
-            if isinstance(step, StepWork) and self._solo.pop(step, None) is not None:
+            chained = handed.chained_to
+            if isinstance(step, StepWork) and self._solo.pop(step, None) is not None and chained:
                 slab, slot = self.slab, step.slot
-                handed.committed = (
+                chained.after_committed = (
                     int(slab.position[slot]) == handed.after and int(slab.epoch[slot]) == step.epoch
                 )
-                if handed.chained_to is not None:
-                    handed.chained_to.after_committed = handed.committed
             for unit in rnd.taken:
                 self._done(unit)
         if self._ready and self._may_start_here():
