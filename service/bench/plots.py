@@ -32,6 +32,16 @@ def _plain_log_ticks(ax: Any) -> None:
     ax.xaxis.set_minor_formatter(ticker.NullFormatter())
 
 
+def _save(fig: Any, ax: Any, title: str, path: Path, legend_loc: str = "best") -> Path:
+    """Title, legend, layout, write the PNG and free the figure."""
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc=legend_loc)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
 def latency_plots(
     samples: dict[str, dict[str, npt.NDArray[np.int64]]], floor_us: float | None, out: Path
 ) -> list[Path]:
@@ -62,13 +72,9 @@ def latency_plots(
         ax.set_ylabel("fraction of messages")
         ax.set_ylim(0, 1.0)
         ax.grid(True, which="both", alpha=0.3)
-        ax.set_title(f"scenario {scenario}: latency distribution")
-        ax.legend(fontsize=8, loc="lower right")
-        fig.tight_layout()
         path = out / f"latency-{scenario.split()[0]}-{scenario.split()[-1]}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
+        title = f"scenario {scenario}: latency distribution"
+        paths.append(_save(fig, ax, title, path, legend_loc="lower right"))
     return paths
 
 
@@ -90,13 +96,9 @@ def throughput_plot(series: list[dict[str, Any]], out: Path) -> Path:
     ax.set_ylabel("replies per second")
     ax.set_ylim(bottom=0)
     ax.grid(True, alpha=0.3)
-    ax.set_title("scenario 2: throughput against concurrency")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = out / "throughput-concurrency.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(
+        fig, ax, "scenario 2: throughput against concurrency", out / "throughput-concurrency.png"
+    )
 
 
 def bulk_plot(series: list[dict[str, Any]], cells: list[dict[str, Any]], out: Path) -> Path:
@@ -127,13 +129,12 @@ def bulk_plot(series: list[dict[str, Any]], cells: list[dict[str, Any]], out: Pa
     ax.set_xticks(x, labels, rotation=20, fontsize=8)
     ax.set_ylabel("session-steps per second")
     ax.grid(True, axis="y", alpha=0.3)
-    ax.set_title("scenarios 3 and 6: batch path against the model floor")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = out / "throughput-bulk.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(
+        fig,
+        ax,
+        "scenarios 3 and 6: batch path against the model floor",
+        out / "throughput-bulk.png",
+    )
 
 
 def memory_plot(curve: list[tuple[int, int]], raw_bytes: int, out: Path) -> Path:
@@ -149,10 +150,4 @@ def memory_plot(curve: list[tuple[int, int]], raw_bytes: int, out: Path) -> Path
     ax.set_xlabel("idle sessions open")
     ax.set_ylabel("resident memory (MiB)")
     ax.grid(True, alpha=0.3)
-    ax.set_title("scenario 5: memory against sessions")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = out / "memory-sessions.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, "scenario 5: memory against sessions", out / "memory-sessions.png")
