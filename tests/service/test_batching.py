@@ -392,6 +392,18 @@ async def settle_loop() -> None:
         await asyncio.sleep(0)
 
 
+async def chain_two(
+    m: SessionManager, g: Gate, first_x: np.ndarray, then_x: np.ndarray, position: int | None = None
+) -> tuple[str, asyncio.Future[Any], asyncio.Future[Any]]:
+    """A new session's step held in the worker by `g`, and its next step submitted behind it."""
+    sid = m.create("lstm-ar", None, None, PRINCIPAL).session_id
+    first = asyncio.ensure_future(m.step(sid, first_x.ravel(), PRINCIPAL))
+    await in_flight(g)
+    then = asyncio.ensure_future(m.step(sid, then_x.ravel(), PRINCIPAL, position=position))
+    await settle_loop()
+    return sid, first, then
+
+
 def test_a_sessions_next_step_is_chained_behind_its_running_one(
     registry: ModelRegistry, zoo: ModelZoo, gate: Callable[[str], Gate]
 ) -> None:
@@ -403,11 +415,7 @@ def test_a_sessions_next_step_is_chained_behind_its_running_one(
     async def main() -> None:
         async with running(registry) as m:
             batcher = next(b for b in m.batchers() if b.model.name == "lstm-ar")
-            sid = m.create("lstm-ar", None, None, PRINCIPAL).session_id
-            first = asyncio.ensure_future(m.step(sid, x[:4].ravel(), PRINCIPAL))
-            await in_flight(g)
-            then = asyncio.ensure_future(m.step(sid, x[4:8].ravel(), PRINCIPAL, position=4))
-            await settle_loop()
+            sid, first, then = await chain_two(m, g, x[:4], x[4:8], position=4)
             assert len(batcher._offloads) == 2  # chained, not waiting for its turn
             g.open.set()
             a, b = await asyncio.gather(first, then)
@@ -429,12 +437,8 @@ def test_a_chained_step_runs_again_when_the_step_before_it_fails(
 
     async def main() -> None:
         async with running(registry) as m:
-            sid = m.create("lstm-ar", None, None, PRINCIPAL).session_id
             g.fail_next = 1
-            first = asyncio.ensure_future(m.step(sid, x[:4].ravel(), PRINCIPAL))
-            await in_flight(g)
-            then = asyncio.ensure_future(m.step(sid, x[4:].ravel(), PRINCIPAL))
-            await settle_loop()
+            _, first, then = await chain_two(m, g, x[:4], x[4:])
             g.open.set()
             with pytest.raises(Internal, match="the model call failed"):
                 await first
@@ -456,11 +460,7 @@ def test_a_reset_fails_a_running_step_and_the_step_chained_to_it(
 
     async def main() -> None:
         async with running(registry) as m:
-            sid = m.create("lstm-ar", None, None, PRINCIPAL).session_id
-            first = asyncio.ensure_future(m.step(sid, x[:4].ravel(), PRINCIPAL))
-            await in_flight(g)
-            then = asyncio.ensure_future(m.step(sid, x[4:].ravel(), PRINCIPAL))
-            await settle_loop()
+            sid, first, then = await chain_two(m, g, x[:4], x[4:])
             m.reset(sid, PRINCIPAL)
             g.open.set()
             for step in (first, then):
