@@ -2,7 +2,7 @@
 
 Importing this package is cheap and pulls in neither torch nor ONNX: the
 server imports it only to find the bundled model repository. The PyTorch side
-lives in the submodules (`models.networks`, `models.export`, `models.train`, ...),
+lives in the submodules (`seqserve.models.networks`, `.export`, `.train`, ...),
 which need the `seqserve[train]` extra.
 """
 

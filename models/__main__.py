@@ -1,10 +1,10 @@
-"""`python -m models ...` is `seqserve train|export|compare ...`."""
+"""`python -m seqserve.models ...` is `seqserve train|export|compare ...`."""
 
 from __future__ import annotations
 
 import sys
 
-from models.cli import main
+from seqserve.models.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from models.networks import Forecaster, ForecasterConfig, Normalization, ServingModule
+from seqserve.models.networks import Forecaster, ForecasterConfig, Normalization, ServingModule
 
 CHECKPOINT_FORMAT = "seqserve.checkpoint/v1"
 CHECKPOINT_FILE = "checkpoint.pt"

@@ -1,4 +1,4 @@
-"""`seqserve train|export|compare` (also `python -m models ...`).
+"""`seqserve train|export|compare` (also `python -m seqserve.models ...`).
 
 seqserve train --cell lstm --out runs/co2-lstm --export models/repository --name co2-lstm
 seqserve export runs/co2-lstm/checkpoint.pt --repository models/repository --name co2-lstm
@@ -14,11 +14,11 @@ import shutil
 import sys
 from pathlib import Path
 
-from models import REPOSITORY
+from seqserve.models import REPOSITORY
 
 
 def _train_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from models.train import DATASETS, TrainConfig
+    from seqserve.models.train import DATASETS, TrainConfig
 
     d = TrainConfig()
     p = sub.add_parser("train", help="train a one-step-ahead forecaster")
@@ -75,9 +75,9 @@ def export_checkpoint(
     extra_files: tuple[Path, ...] = (),
 ) -> None:
     """Export a checkpoint to version_dir; the checkpoint (and extra files) go beside it."""
-    from models import checkpoint
-    from models.checkpoint import CHECKPOINT_FILE
-    from models.export import export_model
+    from seqserve.models import checkpoint
+    from seqserve.models.checkpoint import CHECKPOINT_FILE
+    from seqserve.models.export import export_model
 
     ckpt = checkpoint.read(checkpoint_path)
     export_model(
@@ -96,7 +96,7 @@ def export_checkpoint(
 
 
 def _train(args: argparse.Namespace, argv: list[str]) -> int:
-    from models.train import TrainConfig, save_outputs, train
+    from seqserve.models.train import TrainConfig, save_outputs, train
 
     config = TrainConfig(
         data=args.data,
@@ -144,7 +144,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from models.compare import CompareConfig, run_comparison
+    from seqserve.models.compare import CompareConfig, run_comparison
 
     config = CompareConfig(
         hidden_size=args.hidden,
@@ -156,8 +156,8 @@ def _compare(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "compare.json").write_text(json.dumps(report, indent=2) + "\n")
     (args.out / "compare.md").write_text(report["markdown"])
-    from models.compare import MEAN_PREDICTOR_MSE
-    from models.plots import adding_curves
+    from seqserve.models.compare import MEAN_PREDICTOR_MSE
+    from seqserve.models.plots import adding_curves
 
     png = adding_curves(report["adding"], MEAN_PREDICTOR_MSE, args.out / "adding.png")
     print(report["markdown"])

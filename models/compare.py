@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from models.data import adding_problem
-from models.networks import CELLS, Forecaster
-from models.train import TrainConfig, train
+from seqserve.models.data import adding_problem
+from seqserve.models.networks import CELLS, Forecaster
+from seqserve.models.train import TrainConfig, train
 
 MEAN_PREDICTOR_MSE = 1.0 / 6.0  # variance of the sum of two U(0, 1) numbers
 SOLVED_MSE = 0.01

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from models.networks import Normalization
+from seqserve.models.networks import Normalization
 
 WEEKS_PER_YEAR = 52  # seasonal-naive lag for the weekly CO2 series
 

@@ -9,7 +9,7 @@ below refuses such a graph.
 
 Nothing is written unless the graph passes onnx's checker, has the contract's
 names and dims, and ONNX Runtime matches PyTorch on random inputs at several
-(batch, time) shapes within `tolerance` (the rule is in models.parity).
+(batch, time) shapes within `tolerance` (the rule is in seqserve.models.parity).
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ import torch
 from torch import Tensor, nn
 from torch.jit import TracerWarning  # type: ignore[attr-defined]
 
-from models.networks import RNN_CLASSES, ServingModule, state_names
-from models.parity import excess_diff, max_abs_diff
-from service.spec import ONNX_FILE, SPEC_FILE, ModelSpec, StateSpec, write_spec
+from seqserve.core.spec import ONNX_FILE, SPEC_FILE, ModelSpec, StateSpec, write_spec
+from seqserve.models.networks import RNN_CLASSES, ServingModule, state_names
+from seqserve.models.parity import excess_diff, max_abs_diff
 
 OPSET = 17
 # (batch, time) shapes checked against PyTorch before anything is written.
@@ -187,7 +187,7 @@ def check_parity(
 ) -> dict[str, Any]:
     """Run ONNX Runtime and PyTorch on the same random inputs; raise if they differ.
 
-    Returns the largest differences seen (see models.parity for the rule).
+    Returns the largest differences seen (see seqserve.models.parity for the rule).
     """
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1

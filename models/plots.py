@@ -12,7 +12,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 import numpy as np
 
-from models.data import Series, Splits
+from seqserve.models.data import Series, Splits
 
 
 def loss_curves(history: dict[str, list[float]], path: Path) -> Path:

@@ -22,8 +22,8 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from models import checkpoint
-from models.data import (
+from seqserve.models import checkpoint
+from seqserve.models.data import (
     Series,
     Splits,
     WindowDataset,
@@ -34,7 +34,7 @@ from models.data import (
     split_by_time,
     target_steps,
 )
-from models.networks import Forecaster, ServingModule
+from seqserve.models.networks import Forecaster, ServingModule
 
 DATASETS = ("co2", "sine")
 
@@ -239,7 +239,7 @@ def save_outputs(result: TrainResult, out_dir: Path, *, plots: bool = True) -> d
     )
     paths["metrics"].write_text(json.dumps(result.metrics, indent=2, sort_keys=True) + "\n")
     if plots:
-        from models import plots as plotting
+        from seqserve.models import plots as plotting
 
         config = TrainConfig(**result.provenance["config"])
         series = load_series(config)

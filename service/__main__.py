@@ -1,10 +1,10 @@
-"""`python -m service [serve] [flags]` is `seqserve serve [flags]`."""
+"""`python -m seqserve [serve] [flags]` is `seqserve serve [flags]`."""
 
 from __future__ import annotations
 
 import sys
 
-from service.cli import main
+from seqserve.cli import main
 
 if __name__ == "__main__":
     args = sys.argv[1:]

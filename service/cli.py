@@ -20,14 +20,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from service.settings import ServerSettings, SettingsError
+from seqserve.settings import ServerSettings, SettingsError
 
 # Subcommands owned by other packages: module, whether it gets the subcommand name, help.
 DELEGATED: dict[str, tuple[str, bool, str]] = {
-    "train": ("models.cli", True, "train a forecaster (PyTorch, needs seqserve[train])"),
-    "export": ("models.cli", True, "export a checkpoint to the ONNX model contract"),
-    "compare": ("models.cli", True, "compare RNN, GRU and LSTM on size, cost and error"),
-    "bench": ("service.bench", False, "measure the server against its floors"),
+    "train": ("seqserve.models.cli", True, "train a forecaster (PyTorch, needs seqserve[train])"),
+    "export": ("seqserve.models.cli", True, "export a checkpoint to the ONNX model contract"),
+    "compare": ("seqserve.models.cli", True, "compare RNN, GRU and LSTM on size, cost and error"),
+    "bench": ("seqserve.bench", False, "measure the server against its floors"),
 }
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--repository", type=Path, help="read a repository folder instead")
     models.set_defaults(run=_models)
 
-    from service import predict  # light: the client and numpy
+    from seqserve.client import predict  # light: the client and numpy
 
     pred = sub.add_parser(
         "predict",
@@ -99,9 +99,9 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"seqserve serve: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
-    from service.heap import keep_round_buffers_in_heap
-    from service.runtime import ModelLoadError  # loads ONNX Runtime
-    from service.server import serve
+    from seqserve.core.heap import keep_round_buffers_in_heap
+    from seqserve.core.runtime import ModelLoadError  # loads ONNX Runtime
+    from seqserve.grpc.server import serve
 
     keep_round_buffers_in_heap()  # the serving process owns its allocator
     try:
@@ -115,7 +115,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _models(args: argparse.Namespace) -> int:
     if args.repository is not None:
         return _models_in_folder(args.repository)
-    from service.client import Client, SeqServeClientError
+    from seqserve.client import Client, SeqServeClientError
 
     try:
         with Client(args.target, timeout=10.0) as client:
@@ -145,8 +145,8 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _models_in_folder(repository: Path) -> int:
-    from service.runtime import version_key
-    from service.spec import SpecError, load_spec
+    from seqserve.core.runtime import version_key
+    from seqserve.core.spec import SpecError, load_spec
 
     if not repository.is_dir():
         print(f"seqserve models: {repository} is not a folder", file=sys.stderr)

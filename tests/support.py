@@ -1,4 +1,4 @@
-"""Test helpers shared by tests/service (the core, in process) and tests/server (over gRPC).
+"""Test helpers shared by tests/core (the core, in process) and tests/grpc (over gRPC).
 
 `build_repository` exports small, freshly initialised PyTorch models into a
 repository folder; `torch_reference` and `torch_rollout` compute what PyTorch
@@ -15,9 +15,9 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from models.export import export_model
-from models.networks import Forecaster, Normalization, ServingModule
-from service.spec import ModelSpec
+from seqserve.core.spec import ModelSpec
+from seqserve.models.export import export_model
+from seqserve.models.networks import Forecaster, Normalization, ServingModule
 
 F32 = npt.NDArray[np.float32]
 

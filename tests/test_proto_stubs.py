@@ -21,7 +21,7 @@ def test_generated_code_is_up_to_date() -> None:
 
 
 def test_stubs_describe_the_service_of_the_proto() -> None:
-    from service.api import seqserve_pb2 as pb
+    from seqserve.api import seqserve_pb2 as pb
 
     service = pb.DESCRIPTOR.services_by_name["Inference"]
     text = (ROOT / "proto" / "seqserve" / "v1" / "seqserve.proto").read_text()

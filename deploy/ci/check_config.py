@@ -12,7 +12,7 @@ Schema validators see each file alone; these checks catch what they cannot:
   and the Deployment's pods;
 - README.md's configuration table lists every flag and variable with its default.
 
-Usage: check_config.py [--table]   (--table prints that table from service.settings)
+Usage: check_config.py [--table]   (--table prints that table from seqserve.settings)
 Run with the repository root on PYTHONPATH and PyYAML installed (deploy/ci/lint.sh does).
 """
 
@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from service.settings import ServerSettings, SettingsError, env_name
+from seqserve.settings import ServerSettings, SettingsError, env_name
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

@@ -31,9 +31,9 @@ import numpy.typing as npt
 import onnxruntime as ort
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from service.api import seqserve_pb2 as pb
-from service.api import seqserve_pb2_grpc as pb_grpc
-from service.spec import ONNX_FILE, load_spec
+from seqserve.api import seqserve_pb2 as pb
+from seqserve.api import seqserve_pb2_grpc as pb_grpc
+from seqserve.core.spec import ONNX_FILE, load_spec
 
 F32 = npt.NDArray[np.float32]
 HEALTH_SERVICES = ("", "seqserve.v1.Inference")

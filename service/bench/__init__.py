@@ -1,5 +1,5 @@
 """The benchmark: seqserve against floors measured in the same run (`seqserve bench`)."""
 
-from service.bench.cli import main
+from seqserve.bench.cli import main
 
 __all__ = ["main"]

@@ -1,6 +1,6 @@
-"""`python -m service.bench` == `seqserve bench`."""
+"""`python -m seqserve.bench` == `seqserve bench`."""
 
-from service.bench.cli import main
+from seqserve.bench.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

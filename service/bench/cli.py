@@ -1,4 +1,4 @@
-"""`seqserve bench` / `python -m service.bench`: the command line of the benchmark."""
+"""`seqserve bench` / `python -m seqserve.bench`: the command line of the benchmark."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from service.bench.config import FULL, SMOKE
+from seqserve.bench.config import FULL, SMOKE
 
 MAX_CREATE_BUDGET_S = 900.0
 
@@ -19,7 +19,7 @@ model, batch sizes and session options. Scenarios: 1 latency, 2 concurrency,
 Client load runs in separate processes; everything stays on loopback.
 
 The models are untrained LSTM/GRU/RNN forecasters with seeded random weights
-(speed does not depend on the weights), exported with models.export, so the
+(speed does not depend on the weights), exported with seqserve.models.export, so the
 benchmark needs the train extra (torch): pip install 'seqserve[train]'.
 A full run takes about three minutes on 2 cores; --smoke runs tiny in seconds.
 """
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.client_procs is not None:
         config = replace(config, client_procs=args.client_procs)
 
-    from service.bench.run import ALL_SCENARIOS, RunOptions, run
+    from seqserve.bench.run import ALL_SCENARIOS, RunOptions, run
 
     only = tuple(s.strip() for s in args.only.split(",")) if args.only else ALL_SCENARIOS
     unknown = sorted(set(only) - set(ALL_SCENARIOS))

@@ -1,6 +1,6 @@
 """Compare two benchmark runs row by row (before and after a change).
 
-    python -m service.bench.compare bench-before.json bench-after.json [--markdown]
+    python -m seqserve.bench.compare bench-before.json bench-after.json [--markdown]
 
 Rows are matched by (scenario, figure); a scenario label that carries a count
 (scenario 5's sessions) is matched by its number alone.
@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from service.bench.report import fmt_num, fmt_ratio
+from seqserve.bench.report import fmt_num, fmt_ratio
 
 
 def _key(row: dict[str, Any]) -> tuple[str, str]:
@@ -53,7 +53,7 @@ def compare(before: Path, after: Path, markdown: bool = False) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m service.bench.compare", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m seqserve.bench.compare", description=__doc__)
     p.add_argument("before", type=Path)
     p.add_argument("after", type=Path)
     p.add_argument("--markdown", action="store_true")

@@ -21,8 +21,8 @@ from typing import Any
 import grpc
 import numpy as np
 
-from service.api import seqserve_pb2 as pb
-from service.api import seqserve_pb2_grpc as pb_grpc
+from seqserve.api import seqserve_pb2 as pb
+from seqserve.api import seqserve_pb2_grpc as pb_grpc
 
 MAX_LATENCY_SAMPLES = 400_000  # per process and job, bounds the memory a long window takes
 CHANNEL_OPTIONS = [

@@ -5,7 +5,7 @@ server sends (T * output_size floats, the same ids and positions), so the
 benchmark can tell what the transport itself costs on this machine. It runs
 in its own process, like the real server, with the same server options.
 
-    python -m service.bench.echo --address 127.0.0.1:0 --input-size 1 --output-size 1
+    python -m seqserve.bench.echo --address 127.0.0.1:0 --input-size 1 --output-size 1
 
 With --model, it is the inline reference instead: each stream step runs the
 model at batch 1 on the event loop, state in a dict, the step's answer written
@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import numpy as np
 
-from service.api import seqserve_pb2 as pb
-from service.api import seqserve_pb2_grpc as pb_grpc
+from seqserve.api import seqserve_pb2 as pb
+from seqserve.api import seqserve_pb2_grpc as pb_grpc
 
 if TYPE_CHECKING:  # the plain echo never loads ONNX Runtime
-    from service.runtime import LoadedModel
+    from seqserve.core.runtime import LoadedModel
 
 READY_PREFIX = "echo listening on "
 Context = grpc.aio.ServicerContext[object, object]
@@ -161,7 +161,7 @@ async def serve(address: str, servicer: EchoInference, max_message_bytes: int) -
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m service.bench.echo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m seqserve.bench.echo", description=__doc__)
     parser.add_argument("--address", default="127.0.0.1:0")
     parser.add_argument("--input-size", type=int, default=1)
     parser.add_argument("--output-size", type=int, default=1)
@@ -173,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--model and --repository go together")
     servicer: EchoInference
     if args.model is not None:
-        from service.runtime import ModelRegistry
+        from seqserve.core.runtime import ModelRegistry
 
         model = ModelRegistry.load(Path(args.repository)).get(args.model)
         servicer = InlineReference(model)

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from service.runtime import session_options
-from service.spec import ONNX_FILE, ModelSpec
+from seqserve.core.runtime import session_options
+from seqserve.core.spec import ONNX_FILE, ModelSpec
 
 MIN_RUNS = 5
 

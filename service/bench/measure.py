@@ -9,13 +9,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from service.bench.config import BenchConfig, ModelShape
-from service.bench.drivers import BatchJob, LoadResult, StreamJob
-from service.bench.floors import OrtFloor
-from service.bench.pool import ClientPool
-from service.bench.procs import ServerProcess, cpu_seconds
-from service.bench.report import Row, percentiles_us
-from service.spec import ModelSpec
+from seqserve.bench.config import BenchConfig, ModelShape
+from seqserve.bench.drivers import BatchJob, LoadResult, StreamJob
+from seqserve.bench.floors import OrtFloor
+from seqserve.bench.pool import ClientPool
+from seqserve.bench.procs import ServerProcess, cpu_seconds
+from seqserve.bench.report import Row, percentiles_us
+from seqserve.core.spec import ModelSpec
 
 
 @dataclass

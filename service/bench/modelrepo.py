@@ -2,7 +2,7 @@
 
 Speed does not depend on the weights' values, so the models are untrained
 (seeded random weights); what matters is that they are real exports through
-models.export, exactly what the server loads in production. Building needs
+seqserve.models.export, exactly what the server loads in production. Building needs
 the `train` extra (torch); serving code never imports it.
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from service.bench.config import ModelShape
-from service.spec import ONNX_FILE, ModelSpec, SpecError, load_spec
+from seqserve.bench.config import ModelShape
+from seqserve.core.spec import ONNX_FILE, ModelSpec, SpecError, load_spec
 
 VERSION = "1"
 
@@ -56,8 +56,8 @@ def build_repository(
     try:
         import torch
 
-        from models.export import export_model
-        from models.networks import Forecaster, Normalization, ServingModule
+        from seqserve.models.export import export_model
+        from seqserve.models.networks import Forecaster, Normalization, ServingModule
     except ImportError as exc:
         raise RuntimeError(
             f"building the benchmark models needs the train extra "

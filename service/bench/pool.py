@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from service.bench.drivers import BatchJob, CreateJob, Job, LoadResult, StreamJob, worker
+from seqserve.bench.drivers import BatchJob, CreateJob, Job, LoadResult, StreamJob, worker
 
 START_DELAY_S = 0.05  # between the last "ready" and the common start
 JOB_GRACE_S = 60.0  # setup and teardown allowed beyond a job's own time bound

@@ -122,7 +122,7 @@ def seqserve_server(repository: Path, max_sessions: int, extra: list[str]) -> Se
     argv = [
         sys.executable,
         "-m",
-        "service",  # == seqserve serve
+        "seqserve",  # == seqserve serve
         "--repository",
         str(repository),
         "--address",
@@ -135,21 +135,21 @@ def seqserve_server(repository: Path, max_sessions: int, extra: list[str]) -> Se
 
 
 def reference_server(repository: Path, model: str) -> ServerProcess:
-    """The inline reference (service.bench.echo --model): a model step per message, no core."""
-    from service.bench.echo import READY_PREFIX
+    """The inline reference (seqserve.bench.echo --model): a model step per message, no core."""
+    from seqserve.bench.echo import READY_PREFIX
 
-    argv = [sys.executable, "-m", "service.bench.echo", "--address", "127.0.0.1:0"]
+    argv = [sys.executable, "-m", "seqserve.bench.echo", "--address", "127.0.0.1:0"]
     argv += ["--repository", str(repository), "--model", model]
     return ServerProcess("inline reference server", argv, READY_PREFIX)
 
 
 def echo_server(input_size: int, output_size: int) -> ServerProcess:
-    from service.bench.echo import READY_PREFIX
+    from seqserve.bench.echo import READY_PREFIX
 
     argv = [
         sys.executable,
         "-m",
-        "service.bench.echo",
+        "seqserve.bench.echo",
         "--address",
         "127.0.0.1:0",
         "--input-size",

@@ -11,16 +11,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from service.bench import plots, scenarios
-from service.bench.config import BenchConfig, ModelShape
-from service.bench.floors import OrtFloor, OrtTimer
-from service.bench.measure import Context
-from service.bench.modelrepo import VERSION, build_repository
-from service.bench.pool import ClientPool
-from service.bench.procs import ServerProcess, echo_server, reference_server, seqserve_server
-from service.bench.report import Row, format_markdown, format_table, write_json
-from service.bench.scale import scale
-from service.spec import ModelSpec
+from seqserve.bench import plots, scenarios
+from seqserve.bench.config import BenchConfig, ModelShape
+from seqserve.bench.floors import OrtFloor, OrtTimer
+from seqserve.bench.measure import Context
+from seqserve.bench.modelrepo import VERSION, build_repository
+from seqserve.bench.pool import ClientPool
+from seqserve.bench.procs import ServerProcess, echo_server, reference_server, seqserve_server
+from seqserve.bench.report import Row, format_markdown, format_table, write_json
+from seqserve.bench.scale import scale
+from seqserve.core.spec import ModelSpec
 
 ALL_SCENARIOS = ("1", "2", "3", "4", "5", "6")
 MAIN_SERVER_SESSIONS = 100_000

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import time
 
-from service.bench.drivers import CreateJob
-from service.bench.measure import Context, stream, summarise
-from service.bench.procs import rss_bytes
-from service.bench.report import Row, Target
+from seqserve.bench.drivers import CreateJob
+from seqserve.bench.measure import Context, stream, summarise
+from seqserve.bench.procs import rss_bytes
+from seqserve.bench.report import Row, Target
 
 # "No slowdown" with the sessions open, allowing for run-to-run noise on a shared machine.
 SLOWDOWN_TARGET = Target("<=", 1.2)

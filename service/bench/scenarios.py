@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from service.bench.config import ModelShape
-from service.bench.drivers import LoadResult
-from service.bench.measure import (
+from seqserve.bench.config import ModelShape
+from seqserve.bench.drivers import LoadResult
+from seqserve.bench.measure import (
     Context,
     Measured,
     batch,
@@ -21,7 +21,7 @@ from service.bench.measure import (
     stream,
     summarise,
 )
-from service.bench.report import Row, Target
+from seqserve.bench.report import Row, Target
 
 LATENCY_TARGET = Target("<=", 1.3)
 ECHO_TARGET = Target(">=", 0.9)

@@ -1,6 +1,6 @@
 """Python client for seqserve: `Client` (blocking) and `AsyncClient` (asyncio).
 
-    from service.client import Client
+    from seqserve.client import Client
 
     with Client("localhost:50051") as client, client.session("co2-lstm") as s:
         y = s.step([[400.1], [400.3]])          # (T, F) in, (T, O) out
@@ -12,7 +12,7 @@ Failed calls raise a `SeqServeClientError` subclass carrying `.code` (the
 gRPC status code) and `.message` (what was expected and what arrived).
 """
 
-from service.client._common import (
+from seqserve.client._common import (
     AlreadyExistsError,
     BatchResult,
     CallCancelledError,
@@ -30,8 +30,8 @@ from service.client._common import (
     StreamResult,
     UnavailableError,
 )
-from service.client.aio import AsyncClient, AsyncSession
-from service.client.sync import Client, Session
+from seqserve.client.aio import AsyncClient, AsyncSession
+from seqserve.client.sync import Client, Session
 
 __all__ = [
     "AlreadyExistsError",

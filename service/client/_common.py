@@ -15,8 +15,7 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
-from service.api import seqserve_pb2 as pb
-from service.grpc_errors import status_code
+from seqserve.api import seqserve_pb2 as pb
 
 F32 = npt.NDArray[np.float32]
 ArrayLike = npt.ArrayLike
@@ -113,9 +112,13 @@ def from_rpc_error(exc: grpc.RpcError) -> SeqServeClientError:
     return error_for(code, details or "")
 
 
+# google.rpc.Code numbers to grpc's codes (a StatusCode's value is (number, name)).
+_CODES: dict[int, grpc.StatusCode] = {code.value[0]: code for code in grpc.StatusCode}
+
+
 def from_status_pb(status: pb.Status) -> SeqServeClientError:
     """Translate an in-band error of the stream or batch call."""
-    return error_for(status_code(status.code), status.message)
+    return error_for(_CODES.get(status.code, grpc.StatusCode.UNKNOWN), status.message)
 
 
 def as_steps(values: ArrayLike) -> tuple[F32, int]:

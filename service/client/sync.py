@@ -10,9 +10,9 @@ from typing import TypeVar
 
 import grpc
 
-from service.api import seqserve_pb2 as pb
-from service.api import seqserve_pb2_grpc as pb_grpc
-from service.client._common import (
+from seqserve.api import seqserve_pb2 as pb
+from seqserve.api import seqserve_pb2_grpc as pb_grpc
+from seqserve.client._common import (
     DEFAULT_MAX_MESSAGE_BYTES,
     F32,
     ArrayLike,

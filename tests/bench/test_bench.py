@@ -21,15 +21,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.api import seqserve_pb2 as pb
-from service.bench import main
-from service.bench.compare import compare
-from service.bench.config import SMOKE
-from service.bench.drivers import BatchJob, CreateJob, StreamJob
-from service.bench.echo import InlineReference
-from service.bench.pool import split_job
-from service.bench.report import Row, Target, format_table
-from service.runtime import ModelRegistry
+from seqserve.api import seqserve_pb2 as pb
+from seqserve.bench import main
+from seqserve.bench.compare import compare
+from seqserve.bench.config import SMOKE
+from seqserve.bench.drivers import BatchJob, CreateJob, StreamJob
+from seqserve.bench.echo import InlineReference
+from seqserve.bench.pool import split_job
+from seqserve.bench.report import Row, Target, format_table
+from seqserve.core.runtime import ModelRegistry
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

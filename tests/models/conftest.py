@@ -11,9 +11,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from models.export import export_model
-from models.networks import Forecaster, Normalization, ServingModule
-from service.spec import ModelSpec
+from seqserve.core.spec import ModelSpec
+from seqserve.models.export import export_model
+from seqserve.models.networks import Forecaster, Normalization, ServingModule
 
 
 @dataclass

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from models import REPOSITORY, checkpoint
-from models.data import load_co2
-from models.parity import excess_diff
-from service.spec import load_spec
+from seqserve.core.spec import load_spec
+from seqserve.models import REPOSITORY, checkpoint
+from seqserve.models.data import load_co2
+from seqserve.models.parity import excess_diff
 from tests.models.conftest import ort_session
 
 BUNDLED = ["co2-lstm", "co2-gru"]
@@ -68,7 +68,7 @@ def test_bundled_onnx_streams_what_its_checkpoint_computes(
             ys.append(y)
         y_onnx = np.concatenate(ys, axis=1)  # (1, N-1, 1)
         assert y_onnx.shape == y_ref.shape
-        # Raw ppm near 370: allow the one float32 step there (see models.parity).
+        # Raw ppm near 370: allow the one float32 step there (see seqserve.models.parity).
         assert excess_diff(y_onnx, y_ref.numpy()) <= 1e-5
         assert excess_diff(np.stack(state), torch.stack(s_ref).numpy()) <= 1e-5
     assert "[W:" not in capfd.readouterr().err

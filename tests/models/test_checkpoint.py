@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from models import checkpoint
-from models.checkpoint import CheckpointError
-from models.networks import Forecaster, Normalization, ServingModule
+from seqserve.models import checkpoint
+from seqserve.models.checkpoint import CheckpointError
+from seqserve.models.networks import Forecaster, Normalization, ServingModule
 
 
 def test_round_trip_rebuilds_the_same_module(tmp_path: Path) -> None:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from models.compare import SOLVED_MSE, CompareConfig, run_comparison
-from models.networks import Forecaster
+from seqserve.models.compare import SOLVED_MSE, CompareConfig, run_comparison
+from seqserve.models.networks import Forecaster
 
 
 def test_report_has_one_row_per_cell_with_its_size_and_verdict() -> None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from statsmodels.datasets import co2
 
-from models.data import (
+from seqserve.models.data import (
     Series,
     WindowDataset,
     adding_problem,

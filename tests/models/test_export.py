@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-import models.export as export_mod
-from models.export import ExportError, check_graph, export_model
-from models.networks import Forecaster, Normalization, ServingModule
-from service.spec import load_spec
+import seqserve.models.export as export_mod
+from seqserve.core.spec import load_spec
+from seqserve.models.export import ExportError, check_graph, export_model
+from seqserve.models.networks import Forecaster, Normalization, ServingModule
 from tests.models.conftest import Exported, make_module, ort_session
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.networks import Forecaster, Normalization, ServingModule
+from seqserve.models.networks import Forecaster, Normalization, ServingModule
 
 
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])

@@ -6,12 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import models
+import seqserve.models as models
 
 
 def test_importing_models_pulls_in_no_torch_or_onnx() -> None:
     code = (
-        "import sys, models; "
+        "import sys, seqserve.models; "
         "heavy = sorted(m for m in ('torch', 'onnx', 'onnxruntime', 'statsmodels') "
         "if m in sys.modules); print(heavy)"
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.parity import close, excess_diff
+from seqserve.models.parity import close, excess_diff
 
 
 def test_one_float32_step_at_a_large_value_is_allowed() -> None:

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from models import checkpoint
-from models.cli import main
-from models.data import fit_normalization, split_by_time
-from models.networks import Forecaster, Normalization, ServingModule
-from models.train import TrainConfig, load_series, split_metrics, stream, train
-from service.spec import load_spec
+from seqserve.core.spec import load_spec
+from seqserve.models import checkpoint
+from seqserve.models.cli import main
+from seqserve.models.data import fit_normalization, split_by_time
+from seqserve.models.networks import Forecaster, Normalization, ServingModule
+from seqserve.models.train import TrainConfig, load_series, split_metrics, stream, train
 from tests.models.conftest import ort_session
 
 TINY = TrainConfig(

@@ -1,0 +1,381 @@
+"""One round's numbers: gather states and inputs, run the model, scatter and deliver.
+
+The batcher (seqserve.core.batcher) decides which units form a round and where it
+runs; this module does the arithmetic of a round against the slab, and knows
+nothing of queues, order or threads. Every method but `compute` (and the
+`rollout` it calls) runs on the event loop; `compute` runs wherever the
+batcher sends it and touches no shared state.
+
+Commit rule: a step's state, position and last output are written only when
+its model call succeeded and the session's slot epoch is unchanged since the
+step was queued (no reset or close in between). A step succeeds (returns
+outputs) exactly when its state was committed; otherwise it fails with a
+status, and the session is left as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from seqserve.core.errors import FailedPrecondition, Internal, NotFound, SeqServeError
+from seqserve.core.runtime import LoadedModel
+from seqserve.core.slab import Slab
+from seqserve.core.work import (
+    ForecastResult,
+    ForecastWork,
+    GroupWork,
+    StepResult,
+    StepWork,
+    Unit,
+    fail,
+    settle,
+)
+
+log = logging.getLogger(__name__)
+
+F32 = npt.NDArray[np.float32]
+I64 = npt.NDArray[np.int64]
+Owner = TypeVar("Owner")
+
+# A round predicted to take less than a hop to the worker thread and back (two
+# thread wake-ups, ~50 us measured on 2 busy cores) runs on the loop.
+INLINE_S = 50e-6
+
+
+@dataclass
+class Bucket:
+    """Rows of one T in a round: single steps first, then group parts."""
+
+    steps: list[StepWork] = field(default_factory=list)
+    parts: list[tuple[GroupWork, I64]] = field(default_factory=list)  # group, its item indices
+    rows: int = 0
+
+
+@dataclass(eq=False)
+class Call:
+    """One ONNX Runtime call prepared on the loop, run in the worker."""
+
+    x: F32  # (B, T, F)
+    states: list[F32]  # model layout, batch B; empty when chained
+    # Chained: start from the new states of `after`, a B=1 call of the same session
+    # that the same worker runs first (see Batcher._chain).
+    after: Call | None = None
+    out: tuple[F32, list[F32]] | BaseException | None = None  # set by compute
+
+
+class BrokenChain(Exception):
+    """A chained call whose predecessor failed: it was not run (and is run again)."""
+
+
+# A bucket's T, the bucket, its slots (B,) in row order, and (first call, end call,
+# the slots' epochs (B,) when gathered): which of the round's calls serve it.
+Planned = tuple[int, Bucket, I64, tuple[int, int, npt.NDArray[np.uint32]]]
+
+
+@dataclass
+class Rollout:
+    """A forecast prepared on the loop: the last output and a copy of the state."""
+
+    last: F32  # (O,)
+    states: list[F32]  # model layout, batch 1
+    position: int
+    horizon: int
+
+
+Computed = tuple[list[tuple[F32, list[F32]] | BaseException], list[F32 | BaseException]]
+
+
+@dataclass
+class Round:
+    buckets: dict[int, Bucket] = field(default_factory=dict)
+    forecasts: list[ForecastWork] = field(default_factory=list)
+    groups: list[GroupWork] = field(default_factory=list)
+    taken: list[Unit] = field(default_factory=list)  # every unit that entered the round
+
+
+class RoundRunner(Generic[Owner]):
+    """The arithmetic of rounds for one model version and its slab."""
+
+    def __init__(
+        self, model: LoadedModel, slab: Slab[Owner], max_batch: int, clock: Callable[[], float]
+    ) -> None:
+        self.model = model
+        self.slab = slab
+        self.max_batch = max_batch
+        self._clock = clock
+        self._axes = [st.batch_axis for st in model.spec.states]
+        self.inline_s = INLINE_S
+        # Figures for metrics, tests and the benchmark.
+        self.rounds = 0
+        self.calls = 0
+        self.rows = 0
+
+    def single(self, rnd: Round) -> bool:
+        """Run a round of one short step on the loop, if that is what it is; True when done.
+
+        The common round at low load. The generic path's bucketing, concatenation
+        and take/put cost more than the model call here, so this one reads and
+        writes the slot's state through views and a handful of scalar writes.
+        """
+        if len(rnd.taken) != 1 or len(rnd.buckets) != 1:
+            return False
+        w = rnd.taken[0]
+        if not isinstance(w, StepWork):
+            return False
+        t = len(w.x)
+        if self.model.estimate(t) > self.inline_s:
+            return False
+        slab, slot = self.slab, w.slot
+        # The slot's state in model layout with B = 1: a view per state tensor.
+        where = [(slice(None),) * axis + (slice(slot, slot + 1),) for axis in self._axes]
+        self.rounds += 1
+        self.calls += 1
+        try:
+            views = [a[i] for a, i in zip(slab.states, where, strict=True)]
+            y, states = self.model.run(w.x[None], views)  # x (1, T, F)
+        except Exception as exc:
+            fail(w.future, self.internal(exc, 1))
+        else:
+            # Synchronous on the loop: no reset or close can come between the
+            # check in _assemble and this write, so the epoch still holds.
+            for a, i, new in zip(slab.states, where, states, strict=True):
+                a[i] = new
+            position = int(slab.position[slot]) + t
+            slab.position[slot] = position
+            slab.last_output[slot] = y[0, -1]  # (O,)
+            slab.last_access[slot] = self._clock()
+            self.rows += 1
+            settle(w.future, StepResult(y[0], position))  # y[0] (T, O)
+        return True
+
+    def stale(self, session_id: str, slot: int, owner: object, doing: str) -> SeqServeError:
+        if self.slab.owners[slot] is owner:
+            return FailedPrecondition(
+                f"session {session_id!r} was reset while this step was {doing}; "
+                "the step was not applied"
+            )
+        return NotFound(f"session {session_id!r} was closed or expired while this step was {doing}")
+
+    def check_one(self, w: StepWork | ForecastWork) -> SeqServeError | None:
+        slab = self.slab
+        if int(slab.epoch[w.slot]) != w.epoch:
+            return self.stale(w.session_id, w.slot, w.owner, "queued")
+        position = int(slab.position[w.slot])
+        if isinstance(w, ForecastWork):
+            if position == 0:
+                return FailedPrecondition(
+                    f"session {w.session_id!r} has no step yet: a forecast starts from the "
+                    "prediction of the last step (expected position >= 1, got 0)"
+                )
+        elif w.expected is not None and w.expected != position:
+            return FailedPrecondition(
+                f"session {w.session_id!r}: expected position {w.expected}, "
+                f"but the session is at position {position}"
+            )
+        return None
+
+    def check_group(self, w: GroupWork) -> I64:
+        """Fail the group's items whose session changed since submission; the live indices."""
+        stale = np.flatnonzero(self.slab.epoch[w.slots] != w.epochs)
+        for i in stale.tolist():
+            w.fail(i, self.stale(w.session_ids[i], w.slot_list[i], w.owners[i], "queued"))
+        if len(stale) == 0:
+            return np.arange(len(w.slots), dtype=np.int64)
+        mask = np.ones(len(w.slots), bool)
+        mask[stale] = False
+        return np.flatnonzero(mask).astype(np.int64)
+
+    # --- gather, compute, scatter ----------------------------------------------------
+
+    def prepare(self, rnd: Round) -> tuple[list[Call], list[Planned]]:
+        """Gather inputs and states per T; the plan says which calls serve which bucket."""
+        f = self.model.spec.input_size
+        calls: list[Call] = []
+        plan: list[Planned] = []
+        for t, bucket in rnd.buckets.items():
+            slot_parts: list[I64] = []
+            x_parts: list[F32] = []
+            if bucket.steps:
+                slot_parts.append(np.fromiter((w.slot for w in bucket.steps), np.int64))
+                x_parts.append(np.stack([w.x for w in bucket.steps]))  # (n, T, F)
+            for g, idx in bucket.parts:
+                if len(idx) == len(g.slots):  # the whole group has this T: values as they are
+                    slot_parts.append(g.slots)
+                    x_parts.append(g.x.reshape(len(idx), t, f))
+                    continue
+                slot_parts.append(g.slots[idx])
+                # Each item's values start at its input offset: (n, T * F) -> (n, T, F)
+                cols = g.in_offsets[idx, None] + np.arange(t * f)[None, :]
+                x_parts.append(g.x[cols].reshape(len(idx), t, f))
+            slots = np.concatenate(slot_parts) if len(slot_parts) > 1 else slot_parts[0]
+            x = np.concatenate(x_parts) if len(x_parts) > 1 else x_parts[0]  # (B, T, F)
+            epochs = self.slab.epoch[slots]  # compared again when the call returns
+            first = len(calls)
+            for a in range(0, len(slots), self.max_batch):
+                chunk = slots[a : a + self.max_batch]
+                calls.append(
+                    Call(np.ascontiguousarray(x[a : a + len(chunk)]), self.slab.gather(chunk))
+                )
+            plan.append((t, bucket, slots, (first, len(calls), epochs)))
+        return calls, plan
+
+    def prepare_chained(self, w: StepWork, after: Call) -> tuple[list[Call], list[Planned]]:
+        """Like `prepare` for a round of the one step `w`, whose state `after` will make."""
+        bucket = Bucket(steps=[w], rows=1)
+        slots = np.array([w.slot], np.int64)
+        epochs = np.array([w.epoch], np.uint32)  # as queued: a reset since fails it
+        return [Call(w.x[None], [], after)], [(len(w.x), bucket, slots, (0, 1, epochs))]
+
+    def cost(self, calls: list[Call], forecasts: list[Rollout]) -> float:
+        """Predicted seconds of the round's model calls."""
+        row_steps = sum(c.x.shape[0] * c.x.shape[1] for c in calls)
+        steps = sum(f.horizon - 1 for f in forecasts)  # each a call of one row
+        return self.model.estimate(row_steps + steps, len(calls) + steps)
+
+    def prepare_forecast(self, w: ForecastWork) -> Rollout:
+        slot = np.array([w.slot], np.int64)
+        last = self.slab.last_output[w.slot].copy()  # (O,)
+        return Rollout(last, self.slab.gather(slot), int(self.slab.position[w.slot]), w.horizon)
+
+    def compute(self, calls: list[Call], forecasts: list[Rollout]) -> Computed:
+        """Worker thread: every model call of a round; failures are returned, not raised."""
+        run = self.model.run
+        results: list[tuple[F32, list[F32]] | BaseException] = []
+        for c in calls:
+            states = c.states
+            if c.after is not None:
+                before = c.after.out
+                if not isinstance(before, tuple):
+                    c.out = BrokenChain()
+                    results.append(c.out)
+                    continue
+                states = before[1]
+            try:
+                c.out = run(c.x, states)
+            except Exception as exc:
+                c.out = exc
+            results.append(c.out)
+        rollouts: list[F32 | BaseException] = []
+        for f in forecasts:
+            try:
+                rollouts.append(self.rollout(f.last, f.states, f.horizon))
+            except Exception as exc:
+                rollouts.append(exc)
+        return results, rollouts
+
+    def rollout(self, last: F32, states: list[F32], horizon: int) -> F32:
+        """Feed each prediction back as the next input, from a copy of the state."""
+        o = len(last)
+        out = np.empty((horizon, o), np.float32)  # (H, O)
+        out[0] = last
+        for h in range(1, horizon):
+            y, states = self.model.run(out[h - 1].reshape(1, 1, o), states)  # y (1, 1, O)
+            out[h] = y[0, -1]
+        return out
+
+    def finish(
+        self,
+        rnd: Round,
+        plan: list[Planned],
+        results: list[tuple[F32, list[F32]] | BaseException],
+        forecasts: list[Rollout],
+        rollouts: list[F32 | BaseException],
+    ) -> None:
+        now = self._clock()
+        slab = self.slab
+        axes = [s.batch_axis for s in self.model.spec.states]
+        if results or rollouts:
+            self.rounds += 1
+            self.calls += len(results)
+        for t, bucket, slots, (first, end, epochs) in plan:
+            got = results[first:end]
+            failed = next((r for r in got if isinstance(r, BaseException)), None)
+            if failed is not None:
+                self.fail_bucket(bucket, failed, len(slots))
+                continue
+            outs = [r for r in got if not isinstance(r, BaseException)]
+            y = outs[0][0] if len(outs) == 1 else np.concatenate([r[0] for r in outs])  # (B, T, O)
+            states = (
+                outs[0][1]
+                if len(outs) == 1
+                else [np.concatenate([r[1][k] for r in outs], axis=ax) for k, ax in enumerate(axes)]
+            )
+            valid = slab.epoch[slots] == epochs  # (B,) no reset or close while running
+            if valid.all():
+                keep, last = slots, y[:, -1]  # last (B, O)
+            else:
+                kept = np.flatnonzero(valid)
+                keep, last = slots[kept], y[kept, -1]  # last (B', O)
+                states = slab.select(states, kept)
+            slab.scatter(keep, states)
+            slab.position[keep] += t
+            slab.last_output[keep] = last
+            slab.last_access[keep] = now
+            self.rows += len(slots)
+            self.deliver(bucket, y, valid, t)
+        for w, prepared, outcome in zip(rnd.forecasts, forecasts, rollouts, strict=True):
+            if isinstance(outcome, BaseException):
+                fail(w.future, self.internal(outcome, 1))
+            else:
+                slab.last_access[w.slot] = now
+                settle(w.future, ForecastResult(outcome, prepared.position))
+        for g in rnd.groups:
+            settle(g.future, g)
+
+    def deliver(self, bucket: Bucket, y: F32, valid: npt.NDArray[np.bool_], t: int) -> None:
+        """Hand each row's outputs to its work: y (B, T, O), rows in bucket order."""
+        slab = self.slab
+        o = y.shape[2]
+        row = 0
+        for w in bucket.steps:
+            if valid[row]:
+                settle(w.future, StepResult(y[row], int(slab.position[w.slot])))
+            else:
+                fail(w.future, self.stale(w.session_id, w.slot, w.owner, "running"))
+            row += 1
+        for g, idx in bucket.parts:
+            n = len(idx)
+            ok = valid[row : row + n]
+            if n == len(g.slots):  # the whole group: its outputs are these rows, in order
+                g.outputs[:] = y[row : row + n].reshape(-1)  # (n * T * O,)
+                g.ok[:] = ok
+                g.positions[:] = slab.position[g.slots]
+            else:
+                # Item outputs land at their output offsets: (n, T * O)
+                cols = g.out_offsets[idx, None] + np.arange(t * o)[None, :]
+                g.outputs[cols] = y[row : row + n].reshape(n, t * o)
+                g.ok[idx] = ok
+                g.positions[idx] = slab.position[g.slots[idx]]
+            if not ok.all():
+                for i in idx[~ok].tolist():
+                    g.fail(i, self.stale(g.session_ids[i], g.slot_list[i], g.owners[i], "running"))
+            row += n
+
+    def internal(self, exc: BaseException, rows: int) -> Internal:
+        rid = secrets.token_hex(6)
+        log.error(
+            "model %s: model call failed on %d rows (request id %s)",
+            self.model.label,
+            rows,
+            rid,
+            exc_info=exc,
+        )
+        return Internal(
+            f"model {self.model.label}: the model call failed "
+            f"({type(exc).__name__}; request id {rid}, see the server log)"
+        )
+
+    def fail_bucket(self, bucket: Bucket, exc: BaseException, rows: int) -> None:
+        err = self.internal(exc, rows)
+        for w in bucket.steps:
+            fail(w.future, err)
+        for g, idx in bucket.parts:
+            for i in idx.tolist():
+                g.fail(i, err)

@@ -1,0 +1,161 @@
+"""The grpc.aio server and its lifecycle: startup, serve, shutdown.
+
+Startup loads the model repository, starts the session manager, registers the
+Inference servicer, health checking and reflection, binds the address and
+logs "seqserve listening on HOST:PORT". Shutdown (SIGTERM/SIGINT, or
+`Server.shutdown`) runs in a fixed order: health NOT_SERVING, stop accepting
+new calls, let in-flight steps finish within the grace period, end open
+streams with UNAVAILABLE, then cancel whatever is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from seqserve.api import seqserve_pb2 as pb
+from seqserve.core.runtime import ModelRegistry
+from seqserve.core.sessions import SessionManager
+from seqserve.grpc.registration import add_inference_servicer
+from seqserve.grpc.servicer import InferenceServicer
+from seqserve.settings import ServerSettings
+
+log = logging.getLogger("seqserve")
+
+SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["Inference"].full_name  # seqserve.v1.Inference
+HEALTH_SERVICES = ("", SERVICE_NAME)
+
+
+class Server:
+    """One serving process's gRPC server. Use `running_server` or `serve`."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.port = 0  # the bound port, known after startup
+        self._grpc: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self._sessions: SessionManager | None = None
+        self._servicer: InferenceServicer | None = None
+        self._shutdown: asyncio.Task[None] | None = None
+
+    @property
+    def host(self) -> str:
+        return self.settings.address.rpartition(":")[0]
+
+    @property
+    def target(self) -> str:
+        """Where a client on this machine reaches the server."""
+        host = self.host
+        if host in ("0.0.0.0", "[::]", "::"):
+            host = "127.0.0.1"
+        return f"{host}:{self.port}"
+
+    async def startup(self) -> int:
+        """Load models, start the core, bind; returns the bound port."""
+        started = time.perf_counter()
+        settings = self.settings
+        # Loading builds and times ORT sessions (ms per small model, more for large
+        # graphs): off the event loop, like every model call.
+        registry = await asyncio.to_thread(
+            ModelRegistry.load, settings.repository, settings.ort_threads
+        )
+        self._sessions = SessionManager(registry, settings.core())
+        await self._sessions.start()
+        self._servicer = InferenceServicer(
+            registry, self._sessions, max_steps_per_request=settings.max_steps_per_request
+        )
+        try:
+            self._grpc = await self._bind()
+            for name in HEALTH_SERVICES:
+                await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        except BaseException:
+            await self._sessions.stop(0.0)  # nothing was served: no steps to drain
+            raise
+        log.info(
+            "seqserve listening on %s:%d (ready in %.2f s)",
+            self.host,
+            self.port,
+            time.perf_counter() - started,
+        )
+        return self.port
+
+    async def _bind(self) -> grpc.aio.Server:
+        """The grpc.aio server with every service added, listening on the address."""
+        assert self._servicer is not None
+        settings = self.settings
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", settings.max_message_bytes),
+                ("grpc.max_send_message_length", settings.max_message_bytes),
+                ("grpc.so_reuseport", 0),  # a second server on a taken port must fail, not share
+            ],
+        )
+        add_inference_servicer(self._servicer, server)  # undecodable requests: INVALID_ARGUMENT
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        try:
+            self.port = server.add_insecure_port(settings.address)
+        except RuntimeError as exc:
+            raise OSError(f"cannot listen on {settings.address}: {exc}") from exc
+        await server.start()
+        return server
+
+    def shutdown(self) -> asyncio.Task[None]:
+        """Start the graceful shutdown once; every later call returns the same task."""
+        if self._shutdown is None:
+            self._shutdown = asyncio.create_task(self._graceful_shutdown())
+        return self._shutdown
+
+    async def _graceful_shutdown(self) -> None:
+        assert self._grpc is not None and self._sessions is not None
+        assert self._servicer is not None
+        grace = self.settings.grace_period_s
+        log.info("shutting down: draining in-flight steps (grace period %.1f s)", grace)
+        await self._health.enter_graceful_shutdown()  # every service NOT_SERVING
+        # grpc refuses new calls at once and cancels the calls still running after `grace`.
+        stopping = asyncio.create_task(self._grpc.stop(grace))
+        await asyncio.sleep(0)  # let the stop take effect before the core refuses steps
+        await self._sessions.stop(grace)  # in-flight steps finish; later ones get UNAVAILABLE
+        self._servicer.close_streams()
+        await stopping
+        log.info("seqserve stopped")
+
+
+@contextlib.asynccontextmanager
+async def running_server(settings: ServerSettings) -> AsyncIterator[Server]:
+    """An in-process server for tests and tools: `async with running_server(s) as srv: srv.port`.
+
+    Use port 0 in `settings.address` to get a free port.
+    """
+    server = Server(settings)
+    await server.startup()
+    try:
+        yield server
+    finally:
+        await server.shutdown()
+
+
+async def serve(settings: ServerSettings) -> None:
+    """Serve until SIGTERM or SIGINT, then shut down gracefully."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)  # before startup: a signal then waits for it
+    try:
+        server = Server(settings)
+        await server.startup()
+        await stop.wait()
+        await server.shutdown()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)

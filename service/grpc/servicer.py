@@ -1,0 +1,211 @@
+"""The seqserve.v1.Inference servicer: protobuf in, typed core calls, protobuf out.
+
+Nothing here holds sessions or state; the SessionManager does. Each handler
+turns a request into numpy arrays and plain values, calls the core, and turns
+the result (or the exception, through seqserve.grpc.status) into a response.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import AsyncIterable, Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+import numpy as np
+
+from seqserve.api import seqserve_pb2 as pb
+from seqserve.api import seqserve_pb2_grpc as pb_grpc
+from seqserve.core import errors
+from seqserve.core.runtime import ModelRegistry
+from seqserve.core.sessions import SessionInfo, SessionManager
+from seqserve.grpc.status import to_status, to_status_pb
+from seqserve.grpc.streams import StreamCall, step_response
+
+ANONYMOUS = "anonymous"
+
+# Steps of one stream that may be read but not yet answered. When reached the
+# servicer stops reading, so HTTP/2 flow control pushes back on the client.
+STREAM_MAX_IN_FLIGHT = 256
+
+Context = grpc.aio.ServicerContext[object, object]
+
+
+def principal_of(context: Context) -> str:
+    """Who is calling. The seam for authentication: every core call carries it."""
+    del context  # no authentication yet
+    return ANONYMOUS
+
+
+_Req = TypeVar("_Req")
+_Resp = TypeVar("_Resp")
+_Self = TypeVar("_Self", bound="InferenceServicer")
+
+
+def _unary(
+    body: Callable[[_Self, _Req, str], Awaitable[_Resp]],
+) -> Callable[[_Self, _Req, Context], Awaitable[_Resp]]:
+    """A unary handler from its body `(self, request, principal) -> response`.
+
+    The handler finds the caller's principal and turns any failure of the body
+    into its status, so each body is only the translation.
+    """
+
+    @functools.wraps(body)
+    async def handler(self: _Self, request: _Req, context: Context) -> _Resp:
+        try:
+            return await body(self, request, principal_of(context))
+        except Exception as exc:
+            code, message = to_status(exc)
+            await context.abort(code, message)
+            raise AssertionError("unreachable: abort raises") from exc
+
+    return handler
+
+
+def _session_pb(info: SessionInfo) -> pb.SessionInfo:
+    return pb.SessionInfo(
+        session_id=info.session_id,
+        model=info.model,
+        version=info.version,
+        position=info.position,
+        idle_seconds=info.idle_seconds,
+        ttl_seconds=info.ttl_seconds,
+    )
+
+
+class InferenceServicer(pb_grpc.InferenceServicer):
+    def __init__(
+        self, registry: ModelRegistry, sessions: SessionManager, *, max_steps_per_request: int
+    ) -> None:
+        self._registry = registry
+        self._sessions = sessions
+        self._max_steps_per_request = max_steps_per_request
+        # Every open StepStream; shutdown closes each.
+        self._streams: set[StreamCall] = set()
+
+    # -- discovery -------------------------------------------------------------------------------
+
+    @_unary
+    async def ListModels(
+        self, request: pb.ListModelsRequest, principal: str
+    ) -> pb.ListModelsResponse:
+        return pb.ListModelsResponse(
+            models=[
+                pb.ModelVersions(name=m.name, versions=list(m.versions), latest=m.latest)
+                for m in self._registry.list()
+            ]
+        )
+
+    @_unary
+    async def GetModel(self, request: pb.GetModelRequest, principal: str) -> pb.ModelInfo:
+        model = self._registry.get(request.name, request.version or None)
+        spec = model.spec
+        return pb.ModelInfo(
+            name=model.name,
+            version=model.version,
+            cell=spec.cell,
+            input_size=spec.input_size,
+            output_size=spec.output_size,
+            hidden_size=spec.hidden_size,
+            num_layers=spec.num_layers,
+            states=[
+                pb.StateInfo(
+                    input_name=s.input,
+                    output_name=s.output,
+                    shape=list(s.shape),
+                    batch_axis=s.batch_axis,
+                )
+                for s in spec.states
+            ],
+            parameters=spec.parameters,
+            macs_per_step=spec.macs_per_step,
+            autoregressive=spec.autoregressive,
+            max_steps_per_request=self._max_steps_per_request,
+            spec_json=json.dumps(spec.to_dict(), sort_keys=True),
+        )
+
+    # -- session lifecycle -----------------------------------------------------------------------
+
+    @_unary
+    async def CreateSession(
+        self, request: pb.CreateSessionRequest, principal: str
+    ) -> pb.SessionInfo:
+        info = self._sessions.create(
+            request.model, request.version or None, request.session_id or None, principal
+        )
+        return _session_pb(info)
+
+    @_unary
+    async def GetSession(self, request: pb.GetSessionRequest, principal: str) -> pb.SessionInfo:
+        return _session_pb(self._sessions.info(request.session_id, principal))
+
+    @_unary
+    async def ResetSession(self, request: pb.ResetSessionRequest, principal: str) -> pb.SessionInfo:
+        return _session_pb(self._sessions.reset(request.session_id, principal))
+
+    @_unary
+    async def CloseSession(
+        self, request: pb.CloseSessionRequest, principal: str
+    ) -> pb.CloseSessionResponse:
+        info = self._sessions.close(request.session_id, principal)
+        return pb.CloseSessionResponse(session_id=info.session_id, position=info.position)
+
+    # -- steps -----------------------------------------------------------------------------------
+
+    @_unary
+    async def Step(self, request: pb.StepRequest, principal: str) -> pb.StepResponse:
+        values = np.asarray(request.values, dtype=np.float32)  # (T * F,)
+        position = request.position if request.HasField("position") else None
+        result = await self._sessions.step(request.session_id, values, principal, position)
+        return step_response(request, result)
+
+    async def StepStream(
+        self, request_iterator: AsyncIterable[pb.StepRequest], context: Context
+    ) -> None:
+        """Pipelined: requests are read and handed to the core while earlier ones run.
+
+        See seqserve.grpc.streams: answers of a session keep its order, failures are
+        answered in band, and at most STREAM_MAX_IN_FLIGHT steps are read ahead.
+        """
+        call = StreamCall(self._sessions, principal_of(context), context, STREAM_MAX_IN_FLIGHT)
+        self._streams.add(call)
+        try:
+            await call.serve(request_iterator)
+        finally:
+            self._streams.discard(call)
+
+    def close_streams(self) -> None:
+        """Shutdown: end every open StepStream once its in-flight steps are answered."""
+        for call in self._streams:
+            call.close(errors.Unavailable("server shutting down"))
+
+    @_unary
+    async def BatchStep(self, request: pb.BatchStepRequest, principal: str) -> pb.BatchStepResponse:
+        values = np.asarray(request.values, dtype=np.float32)  # concatenated items' steps
+        times = list(request.times) if request.times else None
+        result = await self._sessions.step_batch(
+            list(request.session_ids), times, values, principal
+        )
+        return pb.BatchStepResponse(
+            request_id=request.request_id,
+            output_lengths=result.output_lengths,
+            outputs=result.outputs.ravel().tolist(),
+            positions=result.positions,
+            errors=[
+                pb.ItemError(index=index, status=to_status_pb(exc)) for index, exc in result.errors
+            ],
+        )
+
+    @_unary
+    async def Forecast(self, request: pb.ForecastRequest, principal: str) -> pb.ForecastResponse:
+        result = await self._sessions.forecast(request.session_id, request.horizon, principal)
+        horizon, output_size = result.outputs.shape  # (H, O)
+        return pb.ForecastResponse(
+            session_id=request.session_id,
+            horizon=horizon,
+            output_size=output_size,
+            outputs=result.outputs.ravel().tolist(),
+            position=result.position,
+        )
