@@ -145,38 +145,32 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _models_in_folder(repository: Path) -> int:
-    from seqserve.core.runtime import version_key
-    from seqserve.core.spec import SpecError, load_spec
+    """The models a server started on `repository` would serve, read as its loader reads them."""
+    from seqserve.core.repository import ModelLoadError, read_version, scan
 
-    if not repository.is_dir():
-        print(f"seqserve models: {repository} is not a folder", file=sys.stderr)
-        return 2
+    try:
+        folders = scan(repository)
+        specs = [read_version(f) for f in folders]
+    except ModelLoadError as exc:
+        print(f"seqserve models: {exc}", file=sys.stderr)
+        return 2 if not repository.is_dir() else 1
     rows = []
-    for model_dir in sorted(p for p in repository.iterdir() if p.is_dir()):
-        versions = sorted(
-            (p for p in model_dir.iterdir() if p.is_dir()), key=lambda p: version_key(p.name)
-        )
-        for v in versions:
-            try:
-                s = load_spec(v)
-            except SpecError as exc:
-                print(f"seqserve models: {model_dir.name}/{v.name}: {exc}", file=sys.stderr)
-                return 1
-            latest = v == versions[-1]
-            rows.append(
-                _row(
-                    model_dir.name,
-                    v.name,
-                    latest,
-                    s.cell,
-                    s.input_size,
-                    s.output_size,
-                    s.hidden_size,
-                    s.num_layers,
-                    s.parameters,
-                    s.autoregressive,
-                )
+    for i, (f, s) in enumerate(zip(folders, specs, strict=True)):
+        latest = i + 1 == len(folders) or folders[i + 1].name != f.name
+        rows.append(
+            _row(
+                f.name,
+                f.version,
+                latest,
+                s.cell,
+                s.input_size,
+                s.output_size,
+                s.hidden_size,
+                s.num_layers,
+                s.parameters,
+                s.autoregressive,
             )
+        )
     _print_table(rows)
     return 0
 

@@ -1,7 +1,7 @@
 """Model runtime: a repository folder loaded into ONNX Runtime sessions.
 
-Layout: `<repository>/<name>/<version>/model.onnx` + `model.json` (see
-service/spec.py). Every version of every model is loaded at startup and
+Layout: `<repository>/<name>/<version>/model.onnx` + `model.json` (walked by
+seqserve.core.repository). Every version of every model is loaded at startup and
 checked against its spec; a broken folder fails the whole load with a message
 naming the model and version. A server that silently skips a model it was
 asked to serve is worse than one that refuses to start: the operator finds out
@@ -24,15 +24,14 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from seqserve.core.errors import NotFound, quoted
-from seqserve.core.spec import ONNX_FILE, SPEC_FILE, ModelSpec, SpecError, load_spec
+from seqserve.core.repository import ModelLoadError, read_version, scan, version_key
+from seqserve.core.spec import ONNX_FILE, ModelSpec
+
+__all__ = ["LoadedModel", "ModelEntry", "ModelLoadError", "ModelRegistry", "version_key"]
 
 log = logging.getLogger(__name__)
 
 F32 = npt.NDArray[np.float32]
-
-
-class ModelLoadError(Exception):
-    """A repository or model folder that cannot be served."""
 
 
 @dataclass(frozen=True)
@@ -40,11 +39,6 @@ class ModelEntry:
     name: str
     versions: list[str]  # ascending: numeric versions by number, after any non-numeric
     latest: str  # what an empty version selects
-
-
-def version_key(version: str) -> tuple[int, int, str]:
-    """Sort key: non-numeric versions first (by name), then numeric ones by value."""
-    return (1, int(version), version) if version.isdigit() else (0, 0, version)
 
 
 @functools.cache
@@ -230,27 +224,10 @@ class ModelRegistry:
     @classmethod
     def load(cls, repository: Path, ort_threads: int = 1) -> ModelRegistry:
         """Load every `<name>/<version>/` under `repository`; any broken folder fails the load."""
-        repository = Path(repository)
-        if not repository.is_dir():
-            raise ModelLoadError(f"model repository {repository} is not a folder")
-        models: list[LoadedModel] = []
-        for model_dir in sorted(p for p in repository.iterdir() if _visible_dir(p)):
-            version_dirs = sorted(
-                (p for p in model_dir.iterdir() if _visible_dir(p)),
-                key=lambda p: version_key(p.name),
-            )
-            if not version_dirs:
-                raise ModelLoadError(
-                    f"model {model_dir.name}: no version folders in {model_dir} "
-                    f"(expected {model_dir}/<version>/{ONNX_FILE})"
-                )
-            for version_dir in version_dirs:
-                models.append(_load_version(model_dir.name, version_dir, ort_threads))
-        if not models:
-            raise ModelLoadError(
-                f"model repository {repository} holds no models "
-                f"(expected <name>/<version>/{ONNX_FILE} and {SPEC_FILE})"
-            )
+        models = [
+            LoadedModel(f.name, f.version, read_version(f), f.path, ort_threads)
+            for f in scan(repository)
+        ]
         for m in models:
             log.info(
                 "loaded model %s (%s, input %d, output %d, hidden %d x %d layers, %d parameters)",
@@ -283,19 +260,3 @@ class ModelRegistry:
                 f"model {name!r} has no version {quoted(chosen)}; available: {entry.versions}"
             )
         return model
-
-
-def _visible_dir(path: Path) -> bool:
-    return path.is_dir() and not path.name.startswith((".", "_"))
-
-
-def _load_version(name: str, version_dir: Path, threads: int) -> LoadedModel:
-    where = f"model {name}/{version_dir.name}"
-    for needed in (ONNX_FILE, SPEC_FILE):
-        if not (version_dir / needed).is_file():
-            raise ModelLoadError(f"{where}: missing {version_dir / needed}")
-    try:
-        spec = load_spec(version_dir / SPEC_FILE)
-    except SpecError as exc:
-        raise ModelLoadError(f"{where}: {exc}") from exc
-    return LoadedModel(name, version_dir.name, spec, version_dir, threads)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 import subprocess
 import sys
 import types
@@ -86,6 +87,27 @@ def test_models_lists_a_server_and_a_folder(
     assert lines[0].split()[:3] == ["model", "version", "cell"]
     assert sorted(line.split()[0] for line in lines[1:]) == sorted(zoo.modules)
     assert any(line.split()[:4] == ["lstm-wide", "1", "(latest)", "lstm"] for line in lines)
+
+
+def test_models_in_a_folder_are_what_the_server_would_serve(
+    server: ServerThread, zoo: Zoo, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Folders the loader skips ("." and "_" names) are not listed; one it refuses fails."""
+    repo = tmp_path / "repo"
+    shutil.copytree(zoo.repository, repo)
+    (repo / "_drafts" / "1").mkdir(parents=True)  # not a model to the server
+    (repo / ".cache").mkdir()
+    (repo / "lstm-ar" / "_old").mkdir()  # not a version to the server
+    assert cli.main(["models", "--target", server.target]) == 0
+    from_server = capsys.readouterr().out
+    assert cli.main(["models", "--repository", str(repo)]) == 0
+    assert capsys.readouterr().out == from_server
+    (repo / "lstm-ar" / "2").mkdir()  # a version without its files: the server would refuse
+    assert cli.main(["models", "--repository", str(repo)]) == 1
+    err = capsys.readouterr().err
+    assert "model lstm-ar/2: missing" in err and "model.onnx" in err
+    assert cli.main(["models", "--repository", str(tmp_path / "nowhere")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
 
 
 def test_train_export_compare_and_bench_are_handed_over(monkeypatch: pytest.MonkeyPatch) -> None:
