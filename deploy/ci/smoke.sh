@@ -167,6 +167,9 @@ import importlib.util, pathlib, shutil, sys
 problems = [f"module {m} is installed" for m in ("torch", "onnx", "statsmodels")
             if importlib.util.find_spec(m)]
 problems += [f"{t} is on PATH" for t in ("gcc", "cc", "c++", "make") if shutil.which(t)]
+problems += [f"a top-level package {m!r} is installed" for m in ("service", "models")
+             if importlib.util.find_spec(m)]
+problems += [f"{p} duplicates /models" for p in pathlib.Path("/opt/seqserve").glob("**/model.onnx")]
 problems += [f"{p} is in the image" for d in ("/models", "/opt/seqserve")
              for p in pathlib.Path(d).glob("**/checkpoint.pt")]
 models = sorted(p.parent.relative_to("/models").as_posix() for p in pathlib.Path("/models").glob("*/*/model.onnx"))
