@@ -153,7 +153,6 @@ class ServerSettings:
             max_steps_per_request=self.max_steps_per_request,
             max_queue=self.max_queue,
             ort_threads=self.ort_threads,
-            max_response_bytes=self.max_message_bytes,
         )
 
     @staticmethod

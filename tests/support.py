@@ -114,7 +114,7 @@ def torch_reference(module: ServingModule, inputs: npt.ArrayLike) -> F32:
 
 
 def torch_rollout(module: ServingModule, inputs: npt.ArrayLike, horizon: int) -> F32:
-    """PyTorch's autoregressive rollout after `inputs` (T, F): (H, O).
+    """PyTorch's autoregressive rollout after `inputs` (T, F): (horizon, O).
 
     Row 0 is the prediction made after the last input; each further row comes
     from feeding the previous prediction back as the next input.
@@ -128,4 +128,4 @@ def torch_rollout(module: ServingModule, inputs: npt.ArrayLike, horizon: int) ->
         for _ in range(horizon - 1):
             prediction, state = module(prediction, state)  # (1, 1, O)
             out.append(prediction[0, 0])
-    return np.asarray(torch.stack(out).numpy(), np.float32)  # (H, O)
+    return np.asarray(torch.stack(out).numpy(), np.float32)  # (horizon, O)

@@ -19,6 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from seqserve.client import Client
+from tests.grpc.harness import ServerProcess
+
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = {"service": "seqserve", "models": "seqserve/models"}  # pyproject's package-dir
 
@@ -46,6 +49,23 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return built
 
 
+def fresh_venv(wheel: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A new virtual environment with the wheel alone in it: (the venv, its site-packages)."""
+    venv = tmp_path / "venv"
+    run(sys.executable, "-m", "venv", "--without-pip", venv)
+    python = venv / "bin" / "python"
+    run(sys.executable, "-m", "pip", "--python", python, "install", "--quiet", "--no-deps", wheel)
+    purelib = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    return venv, Path(run(python, "-c", purelib).strip())
+
+
+def isolated_env() -> dict[str, str]:
+    """This process's environment without what would let the venv see this checkout."""
+    env = {**os.environ, "PYTHONNOUSERSITE": "1"}
+    env.pop("PYTHONPATH", None)
+    return env
+
+
 def test_the_wheel_holds_seqserve_only_with_every_module(wheel: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert {n.split("/")[0] for n in names} == {
@@ -67,13 +87,8 @@ def test_the_wheel_holds_seqserve_only_with_every_module(wheel: Path) -> None:
 def test_it_installs_beside_an_application_with_its_own_service_and_models(
     wheel: Path, tmp_path: Path
 ) -> None:
-    venv = tmp_path / "venv"
-    run(sys.executable, "-m", "venv", "--without-pip", venv)
+    venv, site = fresh_venv(wheel, tmp_path)
     python = venv / "bin" / "python"
-    run(sys.executable, "-m", "pip", "--python", python, "install", "--quiet", "--no-deps", wheel)
-    site = Path(
-        run(python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])").strip()
-    )
     # numpy, grpc and the rest from this environment, after the venv's own packages.
     (site / "outer.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
 
@@ -96,8 +111,7 @@ def test_it_installs_beside_an_application_with_its_own_service_and_models(
         print("ok")
         """
     )
-    env = {**os.environ, "PYTHONNOUSERSITE": "1"}
-    env.pop("PYTHONPATH", None)
+    env = isolated_env()
     done = subprocess.run(
         [python, "-c", check], cwd=app, env=env, capture_output=True, text=True, timeout=60
     )
@@ -109,3 +123,45 @@ def test_it_installs_beside_an_application_with_its_own_service_and_models(
     ):
         out = subprocess.run(argv, cwd=app, env=env, capture_output=True, text=True, timeout=60)
         assert out.returncode == 0 and "usage: seqserve serve" in out.stdout, out.stderr
+
+
+def test_the_client_alone_needs_grpc_protobuf_and_numpy(wheel: Path, tmp_path: Path) -> None:
+    """The README's client-only install: the wheel without its dependencies, and only
+    grpcio, protobuf and numpy beside it, drives a running server."""
+    venv, site = fresh_venv(wheel, tmp_path)
+    python = venv / "bin" / "python"
+    outer = Path(sysconfig.get_paths()["purelib"])
+    deps = tmp_path / "client-deps"  # grpcio (and its typing-extensions), protobuf, numpy
+    deps.mkdir()
+    for name in ("grpc", "google", "numpy", "numpy.libs", "typing_extensions.py"):
+        if (outer / name).exists():
+            (deps / name).symlink_to(outer / name)
+    (site / "client-deps.pth").write_text(f"{deps}\n")
+    check = textwrap.dedent(
+        """
+        import importlib.util, sys
+        import numpy as np
+        from seqserve.client import Client
+        assert importlib.util.find_spec("onnxruntime") is None  # not installed at all
+        with Client(sys.argv[1], timeout=10) as client:
+            assert "co2-lstm" in [m.name for m in client.list_models()]
+            with client.session("co2-lstm") as s:
+                y = s.step(np.array([[315.7], [317.5], [317.5]]))
+        print(" ".join(f"{v:.6f}" for v in y.ravel()))
+        """
+    )
+    env = isolated_env()
+    with ServerProcess() as server:  # the bundled models, from this environment
+        done = subprocess.run(
+            [python, "-c", check, server.target],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        with Client(server.target) as client, client.session("co2-lstm") as s:
+            want = s.step([[315.7], [317.5], [317.5]])
+    got = [float(v) for v in done.stdout.split()]
+    assert got == pytest.approx(want.ravel().tolist(), abs=1e-5)

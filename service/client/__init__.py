@@ -6,7 +6,7 @@
         y = s.step([[400.1], [400.3]])          # (T, F) in, (T, O) out
         for y in s.stream(chunks):              # pipelined over one stream
             ...
-        future = s.forecast(52)                 # (H, O); the session is unchanged
+        future = s.forecast(52)                 # (horizon, O); the session is unchanged
 
 Failed calls raise a `SeqServeClientError` subclass carrying `.code` (the
 gRPC status code) and `.message` (what was expected and what arrived).

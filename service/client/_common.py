@@ -152,7 +152,7 @@ def create_request(
 
 
 def forecast_outputs(response: pb.ForecastResponse) -> F32:
-    return outputs_of(response.outputs, response.horizon, response.output_size)  # (H, O)
+    return outputs_of(response.outputs, response.horizon, response.output_size)  # (horizon, O)
 
 
 def step_outputs(response: pb.StepResponse) -> F32:

@@ -162,7 +162,7 @@ class Client:
         )
 
     def forecast(self, session_id: str, horizon: int) -> F32:
-        """Roll an autoregressive model forward: outputs (H, O); the session is unchanged."""
+        """Roll an autoregressive model forward: outputs (horizon, O); the session is unchanged."""
         request = pb.ForecastRequest(session_id=session_id, horizon=horizon)
         response = _call(lambda: self._stub.Forecast(request, timeout=self.timeout))
         return forecast_outputs(response)

@@ -24,14 +24,13 @@ import asyncio
 import contextlib
 import functools
 import logging
-import secrets
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from seqserve.core.errors import Internal, ResourceExhausted, Unavailable
+from seqserve.core.errors import Internal, ResourceExhausted, Unavailable, internal
 from seqserve.core.rounds import Bucket, Call, Computed, Planned, Rollout, Round, RoundRunner
 from seqserve.core.runtime import LoadedModel
 from seqserve.core.settings import CoreSettings
@@ -94,8 +93,9 @@ class Batcher(Generic[Owner]):
         self.offloaded = 0  # rounds run in the worker thread
 
     @property
-    def queued(self) -> int:
-        return self._queued
+    def handed_over(self) -> int:
+        """Rounds in the worker thread now (running, or queued behind the one running)."""
+        return len(self._offloads)
 
     @property
     def rounds(self) -> int:
@@ -263,12 +263,7 @@ class Batcher(Generic[Owner]):
         return self._running and self._delay_s == 0 and len(self._offloads) < MAX_OFFLOADED
 
     def _fail_round(self, rnd: Round, exc: Exception) -> None:
-        rid = secrets.token_hex(6)
-        log.error("model %s: batch failed (request id %s)", self.model.label, rid, exc_info=exc)
-        err = Internal(
-            f"model {self.model.label}: internal error in a batch "
-            f"(request id {rid}): {type(exc).__name__}"
-        )
+        err = internal(log, f"model {self.model.label}: a batch round failed", exc)
         for unit in rnd.taken:
             fail(unit.future, err)
 
@@ -339,18 +334,16 @@ class Batcher(Generic[Owner]):
                     self._ready.appendleft(step)
                     self._schedule()
                 return
+        committed = 0
         try:
             results, rollouts = done.result()
-            self.runner.finish(rnd, handed.plan, results, handed.forecasts, rollouts)
+            committed = self.runner.finish(rnd, handed.plan, results, handed.forecasts, rollouts)
         except Exception as exc:
             self._fail_round(rnd, exc)
         finally:
             chained = handed.chained_to
             if isinstance(step, StepWork) and self._solo.pop(step, None) is not None and chained:
-                slab, slot = self.slab, step.slot
-                chained.after_committed = (
-                    int(slab.position[slot]) == handed.after and int(slab.epoch[slot]) == step.epoch
-                )
+                chained.after_committed = committed == 1  # its one step was applied
             for unit in rnd.taken:
                 self._done(unit)
         if self._ready and self._may_start_here():

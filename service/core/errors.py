@@ -1,11 +1,19 @@
-"""Typed errors raised by the serving core.
+"""Typed errors raised by the serving core, and the request ids of unexpected failures.
 
 The core never imports grpc; the front ends map each class to a status code
-through one table (service/grpc_errors.py) so the mapping lives in one place.
+through one table (seqserve.grpc.status) so the mapping lives in one place.
 Messages say what was expected and what arrived.
+
+An unexpected failure is logged once, with its traceback, under a request id
+(`internal`); the `Internal` error it returns carries that id, and every
+caller the failure reaches (each step of a failed model call) gets that same
+error, so the id a client reports is the one next to the traceback.
 """
 
 from __future__ import annotations
+
+import logging
+import secrets
 
 
 class SeqServeError(Exception):
@@ -37,7 +45,11 @@ class Unavailable(SeqServeError):
 
 
 class Internal(SeqServeError):
-    """Something unexpected, e.g. ONNX Runtime failing inside a batch."""
+    """Something unexpected, e.g. ONNX Runtime failing inside a batch; logged under `request_id`."""
+
+    def __init__(self, message: str, request_id: str = "") -> None:
+        super().__init__(message)
+        self.request_id = request_id
 
 
 def quoted(text: str, limit: int = 128) -> str:
@@ -49,3 +61,22 @@ def quoted(text: str, limit: int = 128) -> str:
     if len(text) <= limit:
         return repr(text)
     return f"{text[:limit]!r}... ({len(text)} characters)"
+
+
+def new_request_id() -> str:
+    """A short id for a log line that a client's error message quotes (48 random bits)."""
+    return secrets.token_hex(6)
+
+
+def internal(log: logging.Logger, what: str, exc: BaseException, detail: str = "") -> Internal:
+    """Log an unexpected failure once, with its traceback, and return the error to report.
+
+    `what` says what failed, for the log and the client alike; `detail` is added
+    to the log line only. The message names the exception's type, not its text:
+    internals stay in the log.
+    """
+    request_id = new_request_id()
+    log.error("%s%s (request id %s)", what, detail, request_id, exc_info=exc)
+    return Internal(
+        f"{what} ({type(exc).__name__}; request id {request_id}, see the server log)", request_id
+    )

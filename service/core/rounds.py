@@ -6,17 +6,19 @@ nothing of queues, order or threads. Every method but `compute` (and the
 `rollout` it calls) runs on the event loop; `compute` runs wherever the
 batcher sends it and touches no shared state.
 
-Commit rule: a step's state, position and last output are written only when
-its model call succeeded and the session's slot epoch is unchanged since the
-step was queued (no reset or close in between). A step succeeds (returns
-outputs) exactly when its state was committed; otherwise it fails with a
+Commit rule (Slab.commit, the one writer): a step's state, position and last
+output are written only when its model call succeeded and the session's slot
+epoch is unchanged since the step was queued (no reset or close in between).
+A step succeeds (returns outputs) exactly when its state was committed, and
+its reply is settled right after the commit; otherwise it fails with a
 status, and the session is left as it was.
+
+Shapes: B rows (sessions) of T steps, F input features, O outputs.
 """
 
 from __future__ import annotations
 
 import logging
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -24,7 +26,7 @@ from typing import Generic, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from seqserve.core.errors import FailedPrecondition, Internal, NotFound, SeqServeError
+from seqserve.core.errors import FailedPrecondition, Internal, NotFound, SeqServeError, internal
 from seqserve.core.runtime import LoadedModel
 from seqserve.core.slab import Slab
 from seqserve.core.work import (
@@ -86,7 +88,7 @@ class Rollout:
     last: F32  # (O,)
     states: list[F32]  # model layout, batch 1
     position: int
-    horizon: int
+    horizon: int  # rows of the rollout (horizon, O)
 
 
 Computed = tuple[list[tuple[F32, list[F32]] | BaseException], list[F32 | BaseException]]
@@ -133,25 +135,19 @@ class RoundRunner(Generic[Owner]):
         if self.model.estimate(t) > self.inline_s:
             return False
         slab, slot = self.slab, w.slot
-        # The slot's state in model layout with B = 1: a view per state tensor.
-        where = [(slice(None),) * axis + (slice(slot, slot + 1),) for axis in self._axes]
         self.rounds += 1
         self.calls += 1
         try:
-            views = [a[i] for a, i in zip(slab.states, where, strict=True)]
-            y, states = self.model.run(w.x[None], views)  # x (1, T, F)
+            y, states = self.model.run(w.x[None], slab.views(slot))  # x (1, T, F), y (1, T, O)
         except Exception as exc:
             fail(w.future, self.internal(exc, 1))
+            return True
+        # Synchronous on the loop since _assemble checked the epoch: it still holds.
+        position = slab.commit_one(slot, w.epoch, states, y[0, -1], t, self._clock())
+        self.rows += 1
+        if position is None:
+            fail(w.future, self.stale(w.session_id, slot, w.owner, "running"))
         else:
-            # Synchronous on the loop: no reset or close can come between the
-            # check in _assemble and this write, so the epoch still holds.
-            for a, i, new in zip(slab.states, where, states, strict=True):
-                a[i] = new
-            position = int(slab.position[slot]) + t
-            slab.position[slot] = position
-            slab.last_output[slot] = y[0, -1]  # (O,)
-            slab.last_access[slot] = self._clock()
-            self.rows += 1
             settle(w.future, StepResult(y[0], position))  # y[0] (T, O)
         return True
 
@@ -273,7 +269,7 @@ class RoundRunner(Generic[Owner]):
     def rollout(self, last: F32, states: list[F32], horizon: int) -> F32:
         """Feed each prediction back as the next input, from a copy of the state."""
         o = len(last)
-        out = np.empty((horizon, o), np.float32)  # (H, O)
+        out = np.empty((horizon, o), np.float32)  # (horizon, O)
         out[0] = last
         for h in range(1, horizon):
             y, states = self.model.run(out[h - 1].reshape(1, 1, o), states)  # y (1, 1, O)
@@ -287,10 +283,11 @@ class RoundRunner(Generic[Owner]):
         results: list[tuple[F32, list[F32]] | BaseException],
         forecasts: list[Rollout],
         rollouts: list[F32 | BaseException],
-    ) -> None:
+    ) -> int:
+        """Commit what the round computed and settle its units; the rows committed."""
         now = self._clock()
         slab = self.slab
-        axes = [s.batch_axis for s in self.model.spec.states]
+        committed = 0
         if results or rollouts:
             self.rounds += 1
             self.calls += len(results)
@@ -305,44 +302,39 @@ class RoundRunner(Generic[Owner]):
             states = (
                 outs[0][1]
                 if len(outs) == 1
-                else [np.concatenate([r[1][k] for r in outs], axis=ax) for k, ax in enumerate(axes)]
+                else [
+                    np.concatenate([r[1][k] for r in outs], axis=ax)
+                    for k, ax in enumerate(self._axes)
+                ]
             )
-            valid = slab.epoch[slots] == epochs  # (B,) no reset or close while running
-            if valid.all():
-                keep, last = slots, y[:, -1]  # last (B, O)
-            else:
-                kept = np.flatnonzero(valid)
-                keep, last = slots[kept], y[kept, -1]  # last (B', O)
-                states = slab.select(states, kept)
-            slab.scatter(keep, states)
-            slab.position[keep] += t
-            slab.last_output[keep] = last
-            slab.last_access[keep] = now
+            applied = slab.commit(slots, epochs, states, y[:, -1], t, now)  # y[:, -1] (B, O)
+            committed += int(applied.sum())
             self.rows += len(slots)
-            self.deliver(bucket, y, valid, t)
+            self.deliver(bucket, y, applied, t)
         for w, prepared, outcome in zip(rnd.forecasts, forecasts, rollouts, strict=True):
             if isinstance(outcome, BaseException):
                 fail(w.future, self.internal(outcome, 1))
             else:
-                slab.last_access[w.slot] = now
+                slab.touch(w.slot, now)
                 settle(w.future, ForecastResult(outcome, prepared.position))
         for g in rnd.groups:
             settle(g.future, g)
+        return committed
 
-    def deliver(self, bucket: Bucket, y: F32, valid: npt.NDArray[np.bool_], t: int) -> None:
+    def deliver(self, bucket: Bucket, y: F32, applied: npt.NDArray[np.bool_], t: int) -> None:
         """Hand each row's outputs to its work: y (B, T, O), rows in bucket order."""
         slab = self.slab
         o = y.shape[2]
         row = 0
         for w in bucket.steps:
-            if valid[row]:
+            if applied[row]:
                 settle(w.future, StepResult(y[row], int(slab.position[w.slot])))
             else:
                 fail(w.future, self.stale(w.session_id, w.slot, w.owner, "running"))
             row += 1
         for g, idx in bucket.parts:
             n = len(idx)
-            ok = valid[row : row + n]
+            ok = applied[row : row + n]
             if n == len(g.slots):  # the whole group: its outputs are these rows, in order
                 g.outputs[:] = y[row : row + n].reshape(-1)  # (n * T * O,)
                 g.ok[:] = ok
@@ -359,17 +351,9 @@ class RoundRunner(Generic[Owner]):
             row += n
 
     def internal(self, exc: BaseException, rows: int) -> Internal:
-        rid = secrets.token_hex(6)
-        log.error(
-            "model %s: model call failed on %d rows (request id %s)",
-            self.model.label,
-            rows,
-            rid,
-            exc_info=exc,
-        )
-        return Internal(
-            f"model {self.model.label}: the model call failed "
-            f"({type(exc).__name__}; request id {rid}, see the server log)"
+        """The error of a failed model call: logged once, shared by every step it fails."""
+        return internal(
+            log, f"model {self.model.label}: the model call failed", exc, detail=f" on {rows} rows"
         )
 
     def fail_bucket(self, bucket: Bucket, exc: BaseException, rows: int) -> None:

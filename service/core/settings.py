@@ -21,9 +21,6 @@ class CoreSettings:
     max_steps_per_request: int = 4096  # T of one request, and the forecast horizon
     max_queue: int = 65536  # steps waiting per model version before ResourceExhausted
     ort_threads: int = 1  # intra-op threads of each InferenceSession
-    # Largest answer a batch request may need; checked before any step is applied,
-    # so an answer too big to send never follows steps the client cannot see.
-    max_response_bytes: int = 4 * 1024 * 1024
 
     def __post_init__(self) -> None:
         checks = {
@@ -34,7 +31,6 @@ class CoreSettings:
             "max_steps_per_request": self.max_steps_per_request >= 1,
             "max_queue": self.max_queue >= 1,
             "ort_threads": self.ort_threads >= 1,
-            "max_response_bytes": self.max_response_bytes >= 1,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:

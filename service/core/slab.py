@@ -12,6 +12,13 @@ time, and an epoch that changes whenever the slot's state is replaced by
 something other than a step (reset, free, reuse), so a step that was queued or
 running across such a change is recognised and never writes stale state.
 
+One writer: session state changes only through this class's methods. `commit`
+(a batch of rows) and `commit_one` (the one-step path) are the single moment a
+step becomes applied: state, last output, position and last access are
+written for the rows whose epoch still holds, and only those. `alloc`,
+`reset` and `free` replace a slot's state and change its epoch; `touch` marks
+activity for the idle timeout. The arrays are public for reading.
+
 Capacity: the session manager reserves room for `max_sessions` up front. The
 arrays are allocated zeroed (fresh pages from the kernel), and a page becomes
 resident only when a session first writes to it; slots are handed out densely
@@ -57,6 +64,7 @@ class Slab(Generic[Owner]):
         self.spec = spec
         self._growth = growth
         self._axes = [s.batch_axis for s in spec.states]
+        self._leads = [(slice(None),) * axis for axis in self._axes]  # index up to the batch axis
         self.capacity = 0
         self.used = 0  # slots holding a session
         self._next = 0  # slots below this have been handed out at least once
@@ -99,9 +107,14 @@ class Slab(Generic[Owner]):
         self._free.append(slot)
         self.used -= 1
 
-    def reset(self, slot: int) -> None:
+    def reset(self, slot: int, now: float) -> None:
         """Zero state and position; a step still running on it will not write its state."""
         self._zero(slot)
+        self.last_access[slot] = now
+
+    def touch(self, slots: int | I64, now: float) -> None:
+        """Mark activity (a step submitted, a forecast made) for the idle timeout."""
+        self.last_access[slots] = now
 
     def _zero(self, slot: int) -> None:
         for axis, arr in zip(self._axes, self.states, strict=True):
@@ -133,9 +146,54 @@ class Slab(Generic[Owner]):
             rows = (offsets + slots).reshape(-1)  # (lead * B,)
             flat[rows] = new.reshape(len(rows), flat.shape[1])
 
-    def select(self, states: Sequence[F32], rows: I64) -> list[F32]:
-        """The batch rows `rows` of states in model layout."""
-        return [np.take(s, rows, axis=axis) for axis, s in zip(self._axes, states, strict=True)]
+    def views(self, slot: int) -> list[F32]:
+        """The slot's states in the model's layout with B = 1, as views (no copy)."""
+        at = (slice(slot, slot + 1),)
+        return [a[lead + at] for lead, a in zip(self._leads, self.states, strict=True)]
+
+    # --- the commit: the one moment a step is applied ---------------------------------
+
+    def commit(
+        self,
+        slots: I64,
+        epochs: npt.NDArray[np.uint32],
+        states: Sequence[F32],
+        last: F32,
+        steps: int,
+        now: float,
+    ) -> npt.NDArray[np.bool_]:
+        """Apply a round's rows whose slot is unchanged since they were queued.
+
+        slots and epochs (B,) as they were when the rows were taken; states in
+        the model's layout with batch B; last (B, O), each row's last output;
+        every row advanced `steps` steps. Rows whose epoch changed meanwhile (a
+        reset or a close) are left alone. Returns which rows were applied (B,).
+        """
+        applied: npt.NDArray[np.bool_] = self.epoch[slots] == epochs  # (B,)
+        if not applied.all():
+            rows = np.flatnonzero(applied)
+            slots, last = slots[rows], last[rows]  # (B',), (B', O)
+            states = [np.take(s, rows, axis=ax) for ax, s in zip(self._axes, states, strict=True)]
+        self.scatter(slots, states)
+        self.position[slots] += steps
+        self.last_output[slots] = last
+        self.last_access[slots] = now
+        return applied
+
+    def commit_one(
+        self, slot: int, epoch: int, states: Sequence[F32], last: F32, steps: int, now: float
+    ) -> int | None:
+        """`commit` for one session (states with B = 1, last (O,)): its new position, or None."""
+        if int(self.epoch[slot]) != epoch:
+            return None
+        at = (slice(slot, slot + 1),)
+        for lead, a, new in zip(self._leads, self.states, states, strict=True):
+            a[lead + at] = new
+        position = int(self.position[slot]) + steps
+        self.position[slot] = position
+        self.last_output[slot] = last
+        self.last_access[slot] = now
+        return position
 
     # --- accounting ----------------------------------------------------------
 
@@ -144,10 +202,6 @@ class Slab(Generic[Owner]):
         columns: list[npt.NDArray[Any]] = [self.last_output, self.position, self.last_access]
         arrays = [*self.states, *columns, self.epoch]
         return sum(a.nbytes for a in arrays) // max(self.capacity, 1)
-
-    def reserved_bytes(self) -> int:
-        """Bytes of address space reserved (resident only where sessions have been)."""
-        return self.bytes_per_slot() * self.capacity
 
     def used_bytes(self) -> int:
         """Bytes of the slots holding a session."""

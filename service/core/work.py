@@ -49,7 +49,7 @@ class StepResult:
 
 @dataclass(frozen=True, slots=True)
 class ForecastResult:
-    outputs: F32  # (H, O)
+    outputs: F32  # (horizon, O)
     position: int  # the session's (unchanged) position
 
 
@@ -116,7 +116,7 @@ class ForecastWork(_OneSession):
         slot: int,
         epoch: int,
         horizon: int,
-        future: asyncio.Future[ForecastResult],
+        future: Reply[ForecastResult],
     ) -> None:
         super().__init__(owner, session_id, slot, epoch)
         self.horizon = horizon

@@ -27,6 +27,7 @@ from seqserve.core.sessions import SessionManager
 from seqserve.grpc.registration import add_inference_servicer
 from seqserve.grpc.servicer import InferenceServicer
 from seqserve.settings import ServerSettings
+from seqserve.store.memory import MemoryDirectory
 
 log = logging.getLogger("seqserve")
 
@@ -45,6 +46,13 @@ class Server:
         self._sessions: SessionManager | None = None
         self._servicer: InferenceServicer | None = None
         self._shutdown: asyncio.Task[None] | None = None
+
+    @property
+    def sessions(self) -> SessionManager:
+        """The serving core (introspection; started by `startup`)."""
+        if self._sessions is None:
+            raise RuntimeError("the server has not started")
+        return self._sessions
 
     @property
     def host(self) -> str:
@@ -67,10 +75,10 @@ class Server:
         registry = await asyncio.to_thread(
             ModelRegistry.load, settings.repository, settings.ort_threads
         )
-        self._sessions = SessionManager(registry, settings.core())
+        self._sessions = SessionManager(registry, settings.core(), MemoryDirectory)
         await self._sessions.start()
         self._servicer = InferenceServicer(
-            registry, self._sessions, max_steps_per_request=settings.max_steps_per_request
+            self._sessions, max_message_bytes=settings.max_message_bytes
         )
         try:
             self._grpc = await self._bind()

@@ -3,6 +3,8 @@
 Nothing here holds sessions or state; the SessionManager does. Each handler
 turns a request into numpy arrays and plain values, calls the core, and turns
 the result (or the exception, through seqserve.grpc.status) into a response.
+What only this protocol knows stays here: the encoded size of an answer,
+checked against the message limit before a batch is applied.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ import numpy as np
 from seqserve.api import seqserve_pb2 as pb
 from seqserve.api import seqserve_pb2_grpc as pb_grpc
 from seqserve.core import errors
-from seqserve.core.runtime import ModelRegistry
+from seqserve.core.batchplan import BatchPlan
+from seqserve.core.pipeline import StepPipeline
 from seqserve.core.sessions import SessionInfo, SessionManager
 from seqserve.grpc.status import to_status, to_status_pb
-from seqserve.grpc.streams import StreamCall, step_response
+from seqserve.grpc.streams import serve_stream, step_response
 
 ANONYMOUS = "anonymous"
 
@@ -30,6 +33,22 @@ ANONYMOUS = "anonymous"
 STREAM_MAX_IN_FLIGHT = 256
 
 Context = grpc.aio.ServicerContext[object, object]
+
+# Upper bounds of a BatchStepResponse's encoded size (tags, length prefixes, varints).
+ITEM_BYTES = 16  # one output_lengths and one positions varint
+ERROR_FRAMING_BYTES = 32  # an ItemError around its message: index, code, tags
+# An item that passes the checks before the batch is queued may still fail in
+# its round (a reset or close in between, a failed model call); those messages
+# name the model and a session id of at most 128 characters.
+LATE_ERROR_BYTES = 320
+
+
+def batch_answer_bytes(plan: BatchPlan) -> int:
+    """An upper bound of the encoded answer to a batch, known before anything is applied."""
+    floats = plan.output_values()[plan.attempted()] * 4  # (m,) output bytes per item
+    worst = int(np.maximum(floats, LATE_ERROR_BYTES).sum())
+    failed = sum(len(str(e).encode()) + ERROR_FRAMING_BYTES for e in plan.errors.values())
+    return 64 + ITEM_BYTES * plan.n + worst + failed
 
 
 def principal_of(context: Context) -> str:
@@ -76,14 +95,12 @@ def _session_pb(info: SessionInfo) -> pb.SessionInfo:
 
 
 class InferenceServicer(pb_grpc.InferenceServicer):
-    def __init__(
-        self, registry: ModelRegistry, sessions: SessionManager, *, max_steps_per_request: int
-    ) -> None:
-        self._registry = registry
+    def __init__(self, sessions: SessionManager, *, max_message_bytes: int) -> None:
         self._sessions = sessions
-        self._max_steps_per_request = max_steps_per_request
+        self._max_steps_per_request = sessions.settings.max_steps_per_request
+        self._max_message_bytes = max_message_bytes
         # Every open StepStream; shutdown closes each.
-        self._streams: set[StreamCall] = set()
+        self._streams: set[StepPipeline[int]] = set()
 
     # -- discovery -------------------------------------------------------------------------------
 
@@ -94,13 +111,13 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         return pb.ListModelsResponse(
             models=[
                 pb.ModelVersions(name=m.name, versions=list(m.versions), latest=m.latest)
-                for m in self._registry.list()
+                for m in self._sessions.models()
             ]
         )
 
     @_unary
     async def GetModel(self, request: pb.GetModelRequest, principal: str) -> pb.ModelInfo:
-        model = self._registry.get(request.name, request.version or None)
+        model = self._sessions.model(request.name, request.version or None)
         spec = model.spec
         return pb.ModelInfo(
             name=model.name,
@@ -159,34 +176,36 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         values = np.asarray(request.values, dtype=np.float32)  # (T * F,)
         position = request.position if request.HasField("position") else None
         result = await self._sessions.step(request.session_id, values, principal, position)
-        return step_response(request, result)
+        return step_response(request.session_id, request.request_id, result)
 
     async def StepStream(
         self, request_iterator: AsyncIterable[pb.StepRequest], context: Context
     ) -> None:
         """Pipelined: requests are read and handed to the core while earlier ones run.
 
-        See seqserve.grpc.streams: answers of a session keep its order, failures are
-        answered in band, and at most STREAM_MAX_IN_FLIGHT steps are read ahead.
+        See seqserve.core.pipeline: answers of a session keep its order, failures
+        are answered in band, and at most STREAM_MAX_IN_FLIGHT steps are read ahead.
         """
-        call = StreamCall(self._sessions, principal_of(context), context, STREAM_MAX_IN_FLIGHT)
-        self._streams.add(call)
+        pipeline: StepPipeline[int] = StepPipeline(
+            self._sessions, principal_of(context), STREAM_MAX_IN_FLIGHT
+        )
+        self._streams.add(pipeline)
         try:
-            await call.serve(request_iterator)
+            await serve_stream(pipeline, request_iterator, context)
         finally:
-            self._streams.discard(call)
+            self._streams.discard(pipeline)
 
     def close_streams(self) -> None:
         """Shutdown: end every open StepStream once its in-flight steps are answered."""
-        for call in self._streams:
-            call.close(errors.Unavailable("server shutting down"))
+        for pipeline in self._streams:
+            pipeline.close(errors.Unavailable("server shutting down"))
 
     @_unary
     async def BatchStep(self, request: pb.BatchStepRequest, principal: str) -> pb.BatchStepResponse:
         values = np.asarray(request.values, dtype=np.float32)  # concatenated items' steps
         times = list(request.times) if request.times else None
         result = await self._sessions.step_batch(
-            list(request.session_ids), times, values, principal
+            list(request.session_ids), times, values, principal, self._admit_batch
         )
         return pb.BatchStepResponse(
             request_id=request.request_id,
@@ -198,10 +217,20 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             ],
         )
 
+    def _admit_batch(self, plan: BatchPlan) -> None:
+        """Refuse a batch whose answer could outgrow the message limit, before it is applied."""
+        limit = self._max_message_bytes
+        if (size := batch_answer_bytes(plan)) > limit:
+            raise errors.ResourceExhausted(
+                f"the answer to this batch of {plan.n} sessions could take {size} bytes, "
+                f"over the {limit}-byte message limit; expected a smaller batch "
+                "(or a larger --max-message-bytes); no step was applied"
+            )
+
     @_unary
     async def Forecast(self, request: pb.ForecastRequest, principal: str) -> pb.ForecastResponse:
         result = await self._sessions.forecast(request.session_id, request.horizon, principal)
-        horizon, output_size = result.outputs.shape  # (H, O)
+        horizon, output_size = result.outputs.shape  # (horizon, O)
         return pb.ForecastResponse(
             session_id=request.session_id,
             horizon=horizon,

@@ -1,15 +1,15 @@
 """The one table that maps exceptions to gRPC status codes.
 
 Front ends call `to_status` for every exception they catch: a typed core error
-keeps its message and gets its code from `STATUS_CODES`; anything else becomes
-INTERNAL with a short request id that is logged with the traceback, so an
-operator can find the failure a client reports without leaking internals.
+keeps its message and gets its code from `STATUS_CODES` (an `Internal` error
+was logged where it happened, and its message carries that request id);
+anything else is unexpected here, and is logged once under a new request id
+that the client's message quotes, without leaking internals.
 """
 
 from __future__ import annotations
 
 import logging
-import uuid
 
 import grpc
 
@@ -32,13 +32,12 @@ STATUS_CODES: dict[type[errors.SeqServeError], grpc.StatusCode] = {
 
 def to_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The status code and message a client sees for `exc`."""
-    if isinstance(exc, errors.SeqServeError) and not isinstance(exc, errors.Internal):
+    if isinstance(exc, errors.SeqServeError):
         for cls, code in STATUS_CODES.items():
             if isinstance(exc, cls):
                 return code, str(exc)
-    request_id = uuid.uuid4().hex[:12]
-    log.error("internal error (request id %s)", request_id, exc_info=exc)
-    return grpc.StatusCode.INTERNAL, f"internal error (request id {request_id})"
+    failure = errors.internal(log, "internal error", exc)
+    return grpc.StatusCode.INTERNAL, str(failure)
 
 
 def to_status_pb(exc: BaseException) -> pb.Status:

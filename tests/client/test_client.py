@@ -16,7 +16,6 @@ from seqserve.client import (
     UnavailableError,
 )
 from seqserve.client._common import error_for
-from seqserve.core import errors
 from seqserve.grpc.status import STATUS_CODES, to_status
 from tests.grpc.conftest import TOL, Zoo
 from tests.grpc.harness import ServerThread
@@ -25,14 +24,12 @@ from tests.grpc.harness import ServerThread
 def test_every_core_error_arrives_as_its_own_typed_exception() -> None:
     classes = set()
     for core_error, code in STATUS_CODES.items():
-        if core_error is errors.Internal:
-            continue  # reported with a request id instead of its message
         assert to_status(core_error("expected 1, got 2")) == (code, "expected 1, got 2")
         exc = error_for(code, "expected 1, got 2")
         assert type(exc) is not SeqServeClientError and exc.code == code
         assert exc.message == "expected 1, got 2" and str(exc) == f"{code.name}: expected 1, got 2"
         classes.add(type(exc))
-    assert len(classes) == len(STATUS_CODES) - 1
+    assert len(classes) == len(STATUS_CODES)
     other = error_for(grpc.StatusCode.PERMISSION_DENIED, "no")
     assert type(other) is SeqServeClientError and other.code == grpc.StatusCode.PERMISSION_DENIED
 

@@ -13,6 +13,7 @@ import pytest
 from seqserve.core.runtime import LoadedModel, ModelRegistry
 from seqserve.core.sessions import SessionManager
 from seqserve.core.settings import CoreSettings
+from seqserve.store.memory import MemoryDirectory
 from tests.support import REPOSITORY_MODELS, ModelZoo, export_shapes
 
 PRINCIPAL = "anonymous"
@@ -54,7 +55,7 @@ async def running(
 ) -> AsyncIterator[SessionManager]:
     """A started SessionManager, stopped on exit."""
     kwargs: dict[str, Any] = {} if clock is None else {"clock": clock}
-    manager = SessionManager(registry, settings or CoreSettings(), **kwargs)
+    manager = SessionManager(registry, settings or CoreSettings(), MemoryDirectory, **kwargs)
     await manager.start()
     try:
         yield manager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from seqserve.core.directory import SLOT
 from seqserve.core.errors import (
     FailedPrecondition,
     Internal,
@@ -18,8 +20,9 @@ from seqserve.core.errors import (
     Unavailable,
 )
 from seqserve.core.runtime import ModelRegistry
-from seqserve.core.sessions import SLOT, SessionManager
+from seqserve.core.sessions import SessionManager
 from seqserve.core.settings import CoreSettings
+from seqserve.store.memory import MemoryDirectory
 from tests.core.conftest import PRINCIPAL, Gate, running
 from tests.support import ModelZoo, torch_reference
 
@@ -38,7 +41,7 @@ async def in_flight(gate: Gate, calls: int = 1) -> None:
 
 
 def snapshot(m: SessionManager, model: str) -> list[np.ndarray]:
-    slab = m._homes[(model, "1")].slab
+    slab = m.version(model, "1").slab
     arrays: list[np.ndarray] = [*slab.states, slab.last_output, slab.position]
     return [a.copy() for a in arrays]
 
@@ -79,7 +82,9 @@ def test_failed_batch_fails_its_steps_and_changes_no_state(
                 assert (await task).position == 8, sid
             assert (await batch).positions == [10, 10, 10]
             after = snapshot(m, "lstm-ar")
-            slot0 = m._sessions[ids[0]][SLOT]
+            record = m.directory.get(ids[0])
+            assert record is not None
+            slot0 = record[SLOT]
             for a, b in zip(before, after, strict=True):
                 # The failed session's state is exactly as it was.
                 np.testing.assert_array_equal(
@@ -117,6 +122,40 @@ def test_failed_batch_path_items_report_internal_and_others_proceed(
             assert m.info(rnn[0], PRINCIPAL).position == 0
 
     asyncio.run(main())
+
+
+def test_a_failed_model_call_is_logged_once_and_every_step_reports_its_id(
+    registry: ModelRegistry, gate: Callable[[str], Gate], caplog: pytest.LogCaptureFixture
+) -> None:
+    """One model call, seven steps (four single, three batch items): one ERROR line with
+    the traceback, and every step fails with the request id that line names."""
+    g = gate("lstm-ar")
+
+    async def main() -> None:
+        async with running(registry) as m:
+            ids = [m.create("lstm-ar", None, None, PRINCIPAL).session_id for _ in range(7)]
+            g.fail_next = 1
+            singles = [asyncio.ensure_future(m.step(sid, [0.5], PRINCIPAL)) for sid in ids[:4]]
+            batch = asyncio.ensure_future(m.step_batch(ids[4:], None, [1.0, 2.0, 3.0], PRINCIPAL))
+            await asyncio.sleep(0)
+            g.open.set()
+            failed = [e for e in await asyncio.gather(*singles, return_exceptions=True)]
+            result = await batch
+            assert g.calls == [7]  # all of them in one model call
+            failed += [e for _, e in result.errors]
+            assert len(failed) == 7 and all(isinstance(e, Internal) for e in failed)
+            request_ids = {e.request_id for e in failed if isinstance(e, Internal)}
+            assert len(request_ids) == 1
+            (rid,) = request_ids
+            assert all(f"request id {rid}" in str(e) for e in failed)
+            logged = [r for r in caplog.records if r.levelno >= logging.ERROR]
+            assert len(logged) == 1, [r.getMessage() for r in logged]
+            assert rid in logged[0].getMessage() and "on 7 rows" in logged[0].getMessage()
+            assert logged[0].exc_info is not None
+            assert "injected model failure" in str(logged[0].exc_info[1])
+
+    with caplog.at_level(logging.ERROR):
+        asyncio.run(main())
 
 
 def test_steps_of_one_session_apply_in_call_order(
@@ -230,7 +269,7 @@ def test_stop_drains_in_flight_and_queued_steps(
     g = gate("lstm-ar")
 
     async def main() -> None:
-        m = SessionManager(registry, CoreSettings())
+        m = SessionManager(registry, CoreSettings(), MemoryDirectory)
         await m.start()
         ids = [m.create("lstm-ar", None, None, PRINCIPAL).session_id for _ in range(3)]
         first = asyncio.ensure_future(m.step(ids[0], [1.0], PRINCIPAL))
@@ -255,7 +294,7 @@ def test_stop_fails_what_the_grace_period_cannot_drain(
     g = gate("lstm-ar")
 
     async def main() -> None:
-        m = SessionManager(registry, CoreSettings())
+        m = SessionManager(registry, CoreSettings(), MemoryDirectory)
         await m.start()
         a, b = (m.create("lstm-ar", None, None, PRINCIPAL).session_id for _ in range(2))
         first = asyncio.ensure_future(m.step(a, [1.0], PRINCIPAL))
@@ -368,10 +407,10 @@ def test_the_next_round_is_gathered_while_one_runs(
             await in_flight(g)  # round 1 holds the worker
             second = asyncio.ensure_future(m.step_batch(ids[1:3], [4, 4], tiled, PRINCIPAL))
             await settle_loop()
-            assert len(batcher._offloads) == 2  # round 2 gathered and handed over
+            assert batcher.handed_over == 2  # round 2 gathered and handed over
             third = asyncio.ensure_future(m.step_batch(ids[3:], [4, 4], tiled, PRINCIPAL))
             await settle_loop()
-            assert len(batcher._offloads) == 2  # round 3 waits to be gathered
+            assert batcher.handed_over == 2  # round 3 waits to be gathered
             g.open.set()
             one, *batches = await asyncio.gather(first, second, third)
             want = torch_reference(zoo.modules["lstm-ar"], x)[:, 0]  # (T,)
@@ -416,7 +455,7 @@ def test_a_sessions_next_step_is_chained_behind_its_running_one(
         async with running(registry) as m:
             batcher = next(b for b in m.batchers() if b.model.name == "lstm-ar")
             sid, first, then = await chain_two(m, g, x[:4], x[4:8], position=4)
-            assert len(batcher._offloads) == 2  # chained, not waiting for its turn
+            assert batcher.handed_over == 2  # chained, not waiting for its turn
             g.open.set()
             a, b = await asyncio.gather(first, then)
             last = await m.step(sid, x[8:].ravel(), PRINCIPAL)  # committed state carries on

@@ -7,7 +7,8 @@ import asyncio
 import numpy as np
 import pytest
 
-from seqserve.core.errors import FailedPrecondition, InvalidArgument, NotFound
+from seqserve.core.batchplan import BatchPlan
+from seqserve.core.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from seqserve.core.runtime import ModelRegistry
 from seqserve.core.settings import CoreSettings
 from tests.core.conftest import PRINCIPAL, running
@@ -139,11 +140,42 @@ def test_batch_item_errors_leave_the_other_items_correct(
                 [ids[3], wide], [1, 2], np.concatenate([bad.ravel(), w.ravel()]), PRINCIPAL
             )
             assert [i for i, _ in result.errors] == [0]
-            assert "got nan at value 1" in str(result.errors[0][1])
+            assert "got nan at index 1 (step 0, feature 1)" in str(result.errors[0][1])
             assert result.output_lengths == [0, 4]
             np.testing.assert_allclose(
                 result.outputs, torch_reference(zoo.modules["lstm-wide"], w).ravel(), atol=ATOL
             )
             assert m.info(ids[3], PRINCIPAL).position == 0
+
+    asyncio.run(main())
+
+
+def test_a_front_end_may_refuse_a_validated_batch_before_any_step(
+    registry: ModelRegistry,
+) -> None:
+    """`admit` sees what the answer will hold; raising there applies nothing."""
+
+    async def main() -> None:
+        async with running(registry) as m:
+            gru, other = (m.create("gru-ar", None, None, PRINCIPAL).session_id for _ in range(2))
+            seen: list[tuple[list[bool], list[int], list[int]]] = []
+
+            def refuse(plan: BatchPlan) -> None:
+                seen.append(
+                    (plan.attempted().tolist(), plan.output_values().tolist(), sorted(plan.errors))
+                )
+                raise ResourceExhausted("too big for this transport")
+
+            values = np.zeros((3 + 1 + 2) * 2, np.float32)  # F=2, O=2
+            with pytest.raises(ResourceExhausted, match="too big"):
+                await m.step_batch(
+                    [gru, "nobody", other], [3, 1, 2], values, PRINCIPAL, admit=refuse
+                )
+            # The unknown session fails alone; the others would return T * O values each.
+            assert seen == [([True, False, True], [6, 0, 4], [1])]
+            assert m.info(gru, PRINCIPAL).position == 0
+            assert m.info(other, PRINCIPAL).position == 0
+            result = await m.step_batch([gru, other], [3, 2], np.zeros(10, np.float32), PRINCIPAL)
+            assert result.positions == [3, 2]
 
     asyncio.run(main())

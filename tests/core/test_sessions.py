@@ -21,6 +21,7 @@ from seqserve.core.errors import (
 from seqserve.core.runtime import ModelRegistry
 from seqserve.core.sessions import SessionInfo, SessionManager
 from seqserve.core.settings import CoreSettings
+from seqserve.store.memory import MemoryDirectory
 from tests.core.conftest import PRINCIPAL, FakeClock, running
 from tests.support import ModelZoo, torch_reference
 
@@ -181,7 +182,11 @@ def test_idle_sessions_expire_lazily_and_by_sweep(
 def test_the_sweeper_runs_by_itself(registry: ModelRegistry, clock: FakeClock) -> None:
     async def main() -> None:
         m = SessionManager(
-            registry, CoreSettings(session_ttl_s=60), clock=clock, sweep_interval_s=0.01
+            registry,
+            CoreSettings(session_ttl_s=60),
+            MemoryDirectory,
+            clock=clock,
+            sweep_interval_s=0.01,
         )
         await m.start()
         try:
@@ -207,7 +212,7 @@ def test_idle_session_records_are_not_tracked_by_the_gc(registry: ModelRegistry)
             sid = m.create("lstm-ar", None, None, PRINCIPAL).session_id
             await m.step(sid, values(1), PRINCIPAL)
             gc.collect()
-            assert not gc.is_tracked(m._sessions[sid])
+            assert not gc.is_tracked(m.directory.get(sid))
 
     asyncio.run(main())
 
@@ -277,7 +282,7 @@ def test_position_guard(registry: ModelRegistry) -> None:
 
 def test_calls_refused_before_start_and_after_stop(registry: ModelRegistry) -> None:
     async def main() -> None:
-        m = SessionManager(registry, CoreSettings())
+        m = SessionManager(registry, CoreSettings(), MemoryDirectory)
         with pytest.raises(Unavailable, match="not started"):
             m.create("lstm-ar", None, None, PRINCIPAL)
         await m.start()

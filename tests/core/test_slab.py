@@ -16,6 +16,7 @@ from seqserve.core.sessions import SessionManager
 from seqserve.core.settings import CoreSettings
 from seqserve.core.slab import GROWTH, Slab
 from seqserve.core.spec import ModelSpec, StateSpec
+from seqserve.store.memory import MemoryDirectory
 from tests.core.conftest import PRINCIPAL
 from tests.support import ModelShape, export_shapes
 
@@ -105,10 +106,75 @@ def test_reset_zeroes_one_slot_and_bumps_its_epoch() -> None:
     fill(slab, x, 5.0)
     fill(slab, y, 6.0)
     epoch = int(slab.epoch[x])
-    slab.reset(x)
+    slab.reset(x, 0.0)
     assert int(slab.epoch[x]) == epoch + 1
     assert not slab.gather(np.array([x]))[1].any()
     assert slab.gather(np.array([y]))[1].min() == 6.0
+
+
+def batch_states(values: list[float]) -> list[np.ndarray]:
+    """SPEC's three states for a batch of len(values) rows, row i filled with values[i]."""
+    v = np.array(values, np.float32)
+    b = len(v)
+    return [
+        np.broadcast_to(v[:, None], (b, 3)).copy(),  # (B, 3)
+        np.broadcast_to(v[None, :, None], (2, b, 4)).copy(),  # (2, B, 4)
+        np.broadcast_to(v[None, None, :], (2, 3, b)).copy(),  # (2, 3, B)
+    ]
+
+
+def row_of(slab: Slab[str], slot: int) -> list[float]:
+    """One value of each state of a slot, its last output and its position."""
+    a, b, c = slab.gather(np.array([slot]))
+    return [float(a[0, 0]), float(b[1, 0, 3]), float(c[1, 2, 0]), float(slab.last_output[slot, 0])]
+
+
+def test_commit_writes_only_the_rows_whose_slot_is_unchanged() -> None:
+    """The commit rule: state, last output, position and last access are written for a
+    row exactly when its slot's epoch is the one it was taken with."""
+    slab: Slab[str] = Slab(SPEC, reserve=8)
+    slots = np.array([slab.alloc(0.0, f"s{i}") for i in range(4)])
+    for s in slots.tolist():
+        fill(slab, s, -1.0)
+    epochs = slab.epoch[slots].copy()  # (B,) as the rows were taken
+    slab.reset(int(slots[1]), 5.0)  # reset while the round ran
+    slab.free(int(slots[3]))  # closed while the round ran
+    before = {s: row_of(slab, s) for s in slots.tolist()}
+    last = np.array([[10.0] * 3, [11.0] * 3, [12.0] * 3, [13.0] * 3], np.float32)  # (B, O)
+    applied = slab.commit(slots, epochs, batch_states([10, 11, 12, 13]), last, 3, 9.0)
+    assert applied.tolist() == [True, False, True, False]
+    for i in (0, 2):
+        s = int(slots[i])
+        assert row_of(slab, s) == [10.0 + i] * 4
+        assert (int(slab.position[s]), float(slab.last_access[s])) == (3, 9.0)
+    for i in (1, 3):
+        s = int(slots[i])
+        assert row_of(slab, s) == before[s]  # not written: the reset's zeros, the freed slot
+    assert int(slab.position[slots[1]]) == 0 and float(slab.last_access[slots[1]]) == 5.0
+    assert float(slab.last_access[slots[3]]) == np.inf  # a free slot is never idle
+    # A second commit advances the position again from where the first left it.
+    epochs = slab.epoch[slots[:1]].copy()
+    slab.commit(slots[:1], epochs, batch_states([20]), last[:1] + 10, 2, 10.0)
+    assert (int(slab.position[slots[0]]), row_of(slab, int(slots[0]))) == (5, [20.0] * 4)
+
+
+def test_commit_one_is_the_same_rule_for_one_session() -> None:
+    slab: Slab[str] = Slab(SPEC, reserve=4)
+    x, y = slab.alloc(0.0, "x"), slab.alloc(0.0, "y")
+    fill(slab, y, 7.0)
+    one = batch_states([4.0])  # B = 1
+    epoch = int(slab.epoch[x])
+    assert slab.commit_one(x, epoch, one, np.full(3, 4.0, np.float32), 2, 3.0) == 2
+    assert row_of(slab, x) == [4.0] * 4 and float(slab.last_access[x]) == 3.0
+    assert slab.commit_one(x, epoch, one, np.full(3, 4.0, np.float32), 2, 3.0) == 4
+    slab.reset(x, 4.0)
+    assert slab.commit_one(x, epoch, one, np.full(3, 9.0, np.float32), 1, 5.0) is None
+    assert row_of(slab, x) == [0.0] * 4 and int(slab.position[x]) == 0
+    assert row_of(slab, y) == [7.0] * 4  # the neighbour was never touched
+    # The views the one-step path reads are the slot's own state, in the model's layout.
+    views = slab.views(y)
+    assert [v.shape for v in views] == [(1, 3), (2, 1, 4), (2, 3, 1)]
+    assert all(np.shares_memory(v, a) for v, a in zip(views, slab.states, strict=True))
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +202,7 @@ def test_memory_per_idle_session_within_the_design_bound(lstm_64x2: ModelRegistr
     assert raw == 1024
 
     async def main() -> tuple[float, float]:
-        manager = SessionManager(lstm_64x2, CoreSettings(max_sessions=n))
+        manager = SessionManager(lstm_64x2, CoreSettings(max_sessions=n), MemoryDirectory)
         await manager.start()
         try:
             gc.collect()
@@ -150,7 +216,7 @@ def test_memory_per_idle_session_within_the_design_bound(lstm_64x2: ModelRegistr
         # tracemalloc's own bookkeeping is resident too, so it gets its own manager;
         # traced from the first session, so container growth is counted as it builds.
         traced = n // 5
-        manager = SessionManager(lstm_64x2, CoreSettings(max_sessions=traced))
+        manager = SessionManager(lstm_64x2, CoreSettings(max_sessions=traced), MemoryDirectory)
         await manager.start()
         try:
             tracemalloc.start()

@@ -248,12 +248,12 @@ def test_unexpected_failure_is_internal_with_a_logged_request_id(
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    assert server.server is not None and server.server._sessions is not None
+    assert server.server is not None and server.server.sessions is not None
 
     def broken(*args: object) -> object:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(server.server._sessions, "info", broken)
+    monkeypatch.setattr(server.server.sessions, "info", broken)
     with (
         caplog.at_level(logging.ERROR, logger="seqserve.grpc.status"),
         pytest.raises(InternalError) as e,
@@ -268,3 +268,41 @@ def test_unexpected_failure_is_internal_with_a_logged_request_id(
     assert "a bug" in str(logged[0].exc_info[1])
     with pytest.raises(NotFoundError):  # the server goes on
         client.get_session("any")
+
+
+def test_a_failed_model_call_reports_the_request_id_it_was_logged_under(
+    server: ServerThread,
+    client: Client,
+    zoo: Zoo,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Steps failed by the model, on a stream and a unary call: each client sees the id of
+    the one log line that holds the traceback, and nothing logs the failure twice."""
+    assert server.server is not None
+    model = server.server.sessions.model(GRU)
+
+    def broken(*args: object) -> object:
+        raise RuntimeError("injected model failure")
+
+    ids = [client.create_session(GRU).session_id for _ in range(3)]
+    with caplog.at_level(logging.ERROR):
+        monkeypatch.setattr(model, "run", broken)
+        streamed = list(client.step_stream((sid, X[:1]) for sid in ids))
+        with pytest.raises(InternalError) as unary:
+            client.step(ids[0], X)
+        monkeypatch.undo()
+    messages = [r.error.message for r in streamed if r.error is not None]
+    messages.append(unary.value.message)
+    assert len(messages) == 4
+    assert all(f"model {GRU}/1: the model call failed (RuntimeError" in m for m in messages)
+    request_ids = {re.findall(r"request id ([0-9a-f]{12})", m)[0] for m in messages}
+    logged = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(logged) == len(request_ids)  # one line per failed model call, no echo
+    for rid in request_ids:
+        (line,) = [r for r in logged if rid in r.getMessage()]
+        assert line.exc_info is not None and "injected" in str(line.exc_info[1])
+    assert "injected" not in " ".join(messages)  # the exception's text stays in the log
+    for sid in ids:  # the failed steps changed nothing; the sessions go on
+        assert client.get_session(sid).position == 0
+        assert_unchanged(client, sid, X[:0], GRU, zoo)

@@ -271,8 +271,8 @@ def test_a_stream_that_does_not_read_its_answers(
 ) -> None:
     """10,000 requests whose answers are held back: the server reads at most
     STREAM_MAX_IN_FLIGHT of them ahead, then answers every one, in order."""
-    assert server.server is not None and server.server._sessions is not None
-    sessions = server.server._sessions
+    assert server.server is not None
+    sessions = server.server.sessions
     submit = sessions.submit_step
     release = threading.Event()
     pending, peak = 0, 0

@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 
 from seqserve import cli
 from seqserve.api import seqserve_pb2 as pb
+from seqserve.api import seqserve_pb2_grpc as pb_grpc
 from seqserve.client import Client, UnavailableError
 from tests.grpc.conftest import Zoo, settings_for
 from tests.grpc.harness import ServerProcess, ServerThread, settled_position
@@ -56,7 +57,7 @@ def test_health_goes_not_serving_on_shutdown_and_steps_then_fail(zoo: Zoo) -> No
 
         # An open stream: one step answered before the shutdown, then the stream is ended.
         requests: queue.Queue[pb.StepRequest | None] = queue.Queue()
-        stream = client._stub.StepStream(iter(requests.get, None))
+        stream = pb_grpc.InferenceStub(channel).StepStream(iter(requests.get, None))
         requests.put(pb.StepRequest(session_id=sid, values=x.ravel().tolist(), request_id=1))
         first = next(stream)
         assert first.request_id == 1 and not first.HasField("error")
