@@ -27,6 +27,9 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$repo"
 
 PYTHON=${PYTHON:-python3}
+# smoke_client.py imports seqserve from the sources (it needs grpcio, numpy and
+# onnxruntime from $PYTHON).
+import_tree=$(bash "$repo/.ci/import-tree")
 WORK=${SEQSERVE_CI_WORK:-$repo/.ci-work/deploy}
 # Bump the revision when the base recipe below changes, so cached bases are not reused.
 BASE_IMAGE=${SEQSERVE_BASE_IMAGE:-localhost/seqserve-base:bookworm-python3-r2}
@@ -197,7 +200,7 @@ start_container() {
 }
 
 stream_and_compare() {
-    PYTHONPATH="$repo" "$PYTHON" deploy/ci/smoke_client.py \
+    PYTHONPATH="$import_tree" "$PYTHON" deploy/ci/smoke_client.py \
         --target "127.0.0.1:$port" --repository models/repository --model "$MODEL" --timeout 30
 }
 
@@ -220,7 +223,7 @@ stop_with_sigterm() {
     local ready start elapsed code i
     ready="$WORK/drain.ready"
     rm -f "$ready"
-    PYTHONPATH="$repo" "$PYTHON" deploy/ci/smoke_client.py --target "127.0.0.1:$port" \
+    PYTHONPATH="$import_tree" "$PYTHON" deploy/ci/smoke_client.py --target "127.0.0.1:$port" \
         --repository models/repository --model "$MODEL" --timeout 30 --drain "$ready" \
         >"$WORK/drain.log" 2>&1 &
     drain_client=$!
@@ -293,7 +296,7 @@ compose_up() {
     SEQSERVE_IMAGE=$IMAGE SEQSERVE_PORT=$compose_port \
         "$compose" --project-name "$project" --file deploy/compose.yaml up --detach --no-build \
         >"$WORK/compose.log" 2>&1 || { cat "$WORK/compose.log"; fail "compose up"; }
-    PYTHONPATH="$repo" "$PYTHON" deploy/ci/smoke_client.py --target "127.0.0.1:$compose_port" \
+    PYTHONPATH="$import_tree" "$PYTHON" deploy/ci/smoke_client.py --target "127.0.0.1:$compose_port" \
         --repository models/repository --model "$MODEL" --timeout 30 \
         || fail "the compose service did not serve on 127.0.0.1:$compose_port"
     "${compose_down[@]}" >>"$WORK/compose.log" 2>&1
