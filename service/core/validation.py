@@ -64,7 +64,9 @@ def steps(
     over); anything else is converted. `position`, where the client expects
     the session to be, must not be negative.
     """
-    flat = np.asarray(values, dtype=np.float32).reshape(-1)  # (T * F,)
+    if not (isinstance(values, np.ndarray) and values.dtype == np.float32):
+        values = np.asarray(values, dtype=np.float32)  # (a front end hands over float32)
+    flat = values.reshape(-1)  # (T * F,)
     n = len(flat)
     if n == 0 or n % input_size:
         raise InvalidArgument(
