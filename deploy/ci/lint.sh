@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Static checks of the deployment files (deploy/), with no network but the
 # package index and no container runtime:
-#   - hadolint on deploy/Dockerfile, shellcheck on deploy/ci/*.sh;
+#   - hadolint on deploy/Dockerfile, shellcheck on deploy/ci/*.sh and .ci/*;
 #   - yamllint on deploy/**/*.yaml;
 #   - kubernetes-validate --strict on deploy/k8s/*.yaml, against the oldest
 #     and the newest Kubernetes version supported;
@@ -60,7 +60,7 @@ kubernetes_validate() {
 
 ensure_tools
 run hadolint "$TOOLS/bin/hadolint" --failure-threshold style deploy/Dockerfile
-run shellcheck "$TOOLS/bin/shellcheck" deploy/ci/*.sh
+run shellcheck "$TOOLS/bin/shellcheck" deploy/ci/*.sh .ci/run .ci/typecheck .ci/import-tree
 run yamllint "$TOOLS/bin/yamllint" --strict --config-file deploy/.yamllint.yaml deploy/
 run kubernetes-validate kubernetes_validate
 run "compose config" compose_validate deploy/compose.yaml
