@@ -166,12 +166,12 @@ check_image() {
     user=$(podman image inspect --format '{{.Config.User}}' "$IMAGE")
     [[ -n $user && ${user%%:*} != 0 && ${user%%:*} != root ]] || fail "image runs as root ($user)"
     podman run --rm --no-healthcheck --entrypoint /opt/seqserve/bin/python "$IMAGE" -c '
-import importlib.util, pathlib, shutil, sys
+import importlib.util, pathlib, shutil, site, sys
 problems = [f"module {m} is installed" for m in ("torch", "onnx", "statsmodels")
             if importlib.util.find_spec(m)]
 problems += [f"{t} is on PATH" for t in ("gcc", "cc", "c++", "make") if shutil.which(t)]
-problems += [f"a top-level package {m!r} is installed" for m in ("service", "models")
-             if importlib.util.find_spec(m)]
+problems += [f"a top-level package {m!r} is installed" for d in site.getsitepackages()
+             for m in ("service", "models") if (pathlib.Path(d) / m).exists()]
 problems += [f"{p} duplicates /models" for p in pathlib.Path("/opt/seqserve").glob("**/model.onnx")]
 problems += [f"{p} is in the image" for d in ("/models", "/opt/seqserve")
              for p in pathlib.Path(d).glob("**/checkpoint.pt")]
