@@ -128,14 +128,16 @@ class Server:
         assert self._grpc is not None and self._sessions is not None
         assert self._servicer is not None
         grace = self.settings.grace_period_s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
         log.info("shutting down: draining in-flight steps (grace period %.1f s)", grace)
         await self._health.enter_graceful_shutdown()  # every service NOT_SERVING
-        # grpc refuses new calls at once and cancels the calls still running after `grace`.
-        stopping = asyncio.create_task(self._grpc.stop(grace))
-        await asyncio.sleep(0)  # let the stop take effect before the core refuses steps
+        # New calls are refused by the handlers (UNAVAILABLE), not by grpc: its stop
+        # cancels calls received and not yet handled, which a client cannot retry safely.
         await self._sessions.stop(grace)  # in-flight steps finish; later ones get UNAVAILABLE
-        self._servicer.close_streams()
-        await stopping
+        self._servicer.close_streams()  # each ends UNAVAILABLE once its steps are answered
+        await self._servicer.quiet(deadline)
+        await self._grpc.stop(max(deadline - loop.time(), 0.5))  # then what still runs is cut
         log.info("seqserve stopped")
 
 

@@ -9,6 +9,7 @@ checked against the message limit before a batch is applied.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 from collections.abc import AsyncIterable, Awaitable, Callable
@@ -73,12 +74,15 @@ def _unary(
 
     @functools.wraps(body)
     async def handler(self: _Self, request: _Req, context: Context) -> _Resp:
+        self._call_started()
         try:
             return await body(self, request, principal_of(context))
         except Exception as exc:
             code, message = to_status(exc)
             await context.abort(code, message)
             raise AssertionError("unreachable: abort raises") from exc
+        finally:
+            self._active -= 1
 
     return handler
 
@@ -101,6 +105,26 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         self._max_message_bytes = max_message_bytes
         # Every open StepStream; shutdown closes each.
         self._streams: set[StepPipeline[int]] = set()
+        self._active = 0  # calls in a handler now
+        self._last_start = 0.0  # loop time at which the latest call reached its handler
+
+    def _call_started(self) -> None:
+        self._active += 1
+        self._last_start = asyncio.get_running_loop().time()
+
+    async def quiet(self, until: float, gap_s: float = 0.05) -> None:
+        """Return once no call is in a handler and none has arrived for `gap_s`, or at `until`.
+
+        Shutdown waits for this before grpc's own stop: grpc cancels the calls it
+        has received but not yet handed to a handler, and a client cannot tell
+        whether a CANCELLED step was applied. Until then every call reaches a
+        handler and is answered (UNAVAILABLE once the core stops).
+        """
+        loop = asyncio.get_running_loop()
+        while (now := loop.time()) < until:
+            if self._active == 0 and now - self._last_start >= gap_s:
+                return
+            await asyncio.sleep(min(gap_s, until - now))
 
     # -- discovery -------------------------------------------------------------------------------
 
@@ -186,6 +210,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         See seqserve.core.pipeline: answers of a session keep its order, failures
         are answered in band, and at most STREAM_MAX_IN_FLIGHT steps are read ahead.
         """
+        self._call_started()
         pipeline: StepPipeline[int] = StepPipeline(
             self._sessions, principal_of(context), STREAM_MAX_IN_FLIGHT
         )
@@ -194,6 +219,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             await serve_stream(pipeline, request_iterator, context)
         finally:
             self._streams.discard(pipeline)
+            self._active -= 1
 
     def close_streams(self) -> None:
         """Shutdown: end every open StepStream once its in-flight steps are answered."""

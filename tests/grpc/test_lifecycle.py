@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import queue
 import socket
 import threading
@@ -162,3 +164,43 @@ def test_serve_exits_1_when_it_cannot_start(
         argv = ["serve", "--repository", str(zoo.repository), "--address", f"127.0.0.1:{port}"]
         assert cli.main(argv) == 1
     assert f"cannot listen on 127.0.0.1:{port}" in caplog.text
+
+
+def test_sigterm_answers_every_unary_call_it_received_and_cancels_none(zoo: Zoo) -> None:
+    """100 clients each keep one unary Step in flight, the next sent as the last is
+    answered, until SIGTERM. Every call the server received is answered (OK) or refused
+    with UNAVAILABLE, which a client may retry elsewhere; none ends CANCELLED, which it
+    could not: grpc's own stop cancels calls received and not yet handed to a handler."""
+
+    async def drive(target: str, proc: ServerProcess) -> collections.Counter[str]:
+        codes: collections.Counter[str] = collections.Counter()
+        async with grpc.aio.insecure_channel(target) as channel:
+            stub = pb_grpc.InferenceStub(channel)
+            sessions = [
+                (await stub.CreateSession(pb.CreateSessionRequest(model="gru-ar"))).session_id
+                for _ in range(100)
+            ]
+
+            async def client(sid: str) -> None:
+                while True:
+                    try:
+                        await stub.Step(
+                            pb.StepRequest(session_id=sid, values=[0.5, 1.0]), timeout=30
+                        )
+                        codes["OK"] += 1
+                    except grpc.aio.AioRpcError as e:
+                        codes[e.code().name] += 1
+                        return  # UNAVAILABLE: this server is going; anything else: a failure
+
+            tasks = [asyncio.create_task(client(sid)) for sid in sessions]
+            while codes["OK"] < 1000:
+                await asyncio.sleep(0.02)
+            proc.terminate()
+            await asyncio.wait_for(asyncio.gather(*tasks), timeout=30)
+        return codes
+
+    with ServerProcess("--repository", str(zoo.repository), "--grace-period", "5") as proc:
+        codes = asyncio.run(drive(proc.target, proc))
+        assert proc.wait(timeout=10) == 0, "".join(proc.log)
+    assert codes["UNAVAILABLE"] == 100, codes  # every client's last call, refused
+    assert set(codes) == {"OK", "UNAVAILABLE"}, codes
