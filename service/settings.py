@@ -132,6 +132,12 @@ class ServerSettings:
         4 * 1024 * 1024,
         "largest gRPC message received or sent",
     )
+    max_streams: int = _setting(
+        "--max-streams",
+        _positive_int,
+        10_000,
+        "StepStreams open at once; more are refused with RESOURCE_EXHAUSTED",
+    )
     grace_period_s: float = _setting(
         "--grace-period",
         _non_negative_float,

@@ -33,6 +33,7 @@ log = logging.getLogger("seqserve")
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["Inference"].full_name  # seqserve.v1.Inference
 HEALTH_SERVICES = ("", SERVICE_NAME)
+PENDING_CALLS = 65_536  # calls received and not yet in a handler, before grpc refuses any
 
 
 class Server:
@@ -78,7 +79,9 @@ class Server:
         self._sessions = SessionManager(registry, settings.core(), MemoryDirectory)
         await self._sessions.start()
         self._servicer = InferenceServicer(
-            self._sessions, max_message_bytes=settings.max_message_bytes
+            self._sessions,
+            max_message_bytes=settings.max_message_bytes,
+            max_streams=settings.max_streams,
         )
         try:
             self._grpc = await self._bind()
@@ -99,11 +102,19 @@ class Server:
         """The grpc.aio server with every service added, listening on the address."""
         assert self._servicer is not None
         settings = self.settings
+        # Calls grpc has received and not yet handed to a handler wait in a queue that,
+        # past 1,000 (its default), fails new ones with INTERNAL "Internal error from
+        # Core": 2,000 streams opened at once lost 5-9 % that way. The handlers refuse
+        # past --max-streams with a status that says so; the queue is made deep enough
+        # for a burst of calls to reach them first.
+        pending = max(PENDING_CALLS, 4 * settings.max_streams)
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),
                 ("grpc.so_reuseport", 0),  # a second server on a taken port must fail, not share
+                ("grpc.server.max_pending_requests", pending),
+                ("grpc.server.max_pending_requests_hard_limit", 2 * pending),
             ],
         )
         add_inference_servicer(self._servicer, server)  # undecodable requests: INVALID_ARGUMENT

@@ -10,6 +10,7 @@ checked against the message limit before a batch is applied.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 from collections.abc import AsyncIterable, Awaitable, Callable
@@ -32,6 +33,7 @@ ANONYMOUS = "anonymous"
 # Steps of one stream that may be read but not yet answered. When reached the
 # servicer stops reading, so HTTP/2 flow control pushes back on the client.
 STREAM_MAX_IN_FLIGHT = 256
+REFUSAL_READ_S = 1.0  # how long a refused stream may take to send its first request
 
 Context = grpc.aio.ServicerContext[object, object]
 
@@ -99,8 +101,11 @@ def _session_pb(info: SessionInfo) -> pb.SessionInfo:
 
 
 class InferenceServicer(pb_grpc.InferenceServicer):
-    def __init__(self, sessions: SessionManager, *, max_message_bytes: int) -> None:
+    def __init__(
+        self, sessions: SessionManager, *, max_message_bytes: int, max_streams: int
+    ) -> None:
         self._sessions = sessions
+        self._max_streams = max_streams
         self._max_steps_per_request = sessions.settings.max_steps_per_request
         self._max_message_bytes = max_message_bytes
         # Every open StepStream; shutdown closes each.
@@ -211,14 +216,27 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         are answered in band, and at most STREAM_MAX_IN_FLIGHT steps are read ahead.
         """
         self._call_started()
-        pipeline: StepPipeline[int] = StepPipeline(
-            self._sessions, principal_of(context), STREAM_MAX_IN_FLIGHT
-        )
-        self._streams.add(pipeline)
         try:
-            await serve_stream(pipeline, request_iterator, context)
+            if len(self._streams) >= self._max_streams:
+                # Read the first request before refusing: a refusal that overtakes the
+                # client's first message reached grpc's Python client as INTERNAL.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(anext(aiter(request_iterator)), REFUSAL_READ_S)
+                await context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"too many open streams: {len(self._streams)} open, "
+                    f"max_streams={self._max_streams}; close idle ones, or send the steps "
+                    "of many sessions on one stream or in BatchStep",
+                )
+            pipeline: StepPipeline[int] = StepPipeline(
+                self._sessions, principal_of(context), STREAM_MAX_IN_FLIGHT
+            )
+            self._streams.add(pipeline)
+            try:
+                await serve_stream(pipeline, request_iterator, context)
+            finally:
+                self._streams.discard(pipeline)
         finally:
-            self._streams.discard(pipeline)
             self._active -= 1
 
     def close_streams(self) -> None:

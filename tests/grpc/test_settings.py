@@ -23,6 +23,7 @@ DOCUMENTED = {
     "--max-steps-per-request": ("SEQSERVE_MAX_STEPS_PER_REQUEST", 4096),
     "--max-queue": ("SEQSERVE_MAX_QUEUE", 65536),
     "--max-message-bytes": ("SEQSERVE_MAX_MESSAGE_BYTES", 4_194_304),
+    "--max-streams": ("SEQSERVE_MAX_STREAMS", 10_000),
     "--grace-period": ("SEQSERVE_GRACE_PERIOD", 10.0),
     "--ort-threads": ("SEQSERVE_ORT_THREADS", 1),
     "--log-level": ("SEQSERVE_LOG_LEVEL", "info"),
