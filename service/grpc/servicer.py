@@ -3,8 +3,9 @@
 Nothing here holds sessions or state; the SessionManager does. Each handler
 turns a request into numpy arrays and plain values, calls the core, and turns
 the result (or the exception, through seqserve.grpc.status) into a response.
-What only this protocol knows stays here: the encoded size of an answer,
-checked against the message limit before a batch is applied.
+What only this protocol knows stays in the front end: the encoded size of a
+batch's answer (seqserve.grpc.batches), checked against the message limit
+before the batch is applied.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from seqserve.core import errors
 from seqserve.core.batchplan import BatchPlan
 from seqserve.core.pipeline import StepPipeline
 from seqserve.core.sessions import SessionInfo, SessionManager
-from seqserve.grpc.status import to_status, to_status_pb
+from seqserve.grpc import batches
+from seqserve.grpc.status import to_status
 from seqserve.grpc.streams import serve_stream, step_response
 
 ANONYMOUS = "anonymous"
@@ -36,22 +38,6 @@ STREAM_MAX_IN_FLIGHT = 256
 REFUSAL_READ_S = 1.0  # how long a refused stream may take to send its first request
 
 Context = grpc.aio.ServicerContext[object, object]
-
-# Upper bounds of a BatchStepResponse's encoded size (tags, length prefixes, varints).
-ITEM_BYTES = 16  # one output_lengths and one positions varint
-ERROR_FRAMING_BYTES = 32  # an ItemError around its message: index, code, tags
-# An item that passes the checks before the batch is queued may still fail in
-# its round (a reset or close in between, a failed model call); those messages
-# name the model and a session id of at most 128 characters.
-LATE_ERROR_BYTES = 320
-
-
-def batch_answer_bytes(plan: BatchPlan) -> int:
-    """An upper bound of the encoded answer to a batch, known before anything is applied."""
-    floats = plan.output_values()[plan.attempted()] * 4  # (m,) output bytes per item
-    worst = int(np.maximum(floats, LATE_ERROR_BYTES).sum())
-    failed = sum(len(str(e).encode()) + ERROR_FRAMING_BYTES for e in plan.errors.values())
-    return 64 + ITEM_BYTES * plan.n + worst + failed
 
 
 def principal_of(context: Context) -> str:
@@ -251,20 +237,12 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         result = await self._sessions.step_batch(
             list(request.session_ids), times, values, principal, self._admit_batch
         )
-        return pb.BatchStepResponse(
-            request_id=request.request_id,
-            output_lengths=result.output_lengths,
-            outputs=result.outputs.ravel().tolist(),
-            positions=result.positions,
-            errors=[
-                pb.ItemError(index=index, status=to_status_pb(exc)) for index, exc in result.errors
-            ],
-        )
+        return batches.encode(request.request_id, result, self._max_message_bytes)
 
     def _admit_batch(self, plan: BatchPlan) -> None:
         """Refuse a batch whose answer could outgrow the message limit, before it is applied."""
         limit = self._max_message_bytes
-        if (size := batch_answer_bytes(plan)) > limit:
+        if (size := batches.answer_bound(plan)) > limit:
             raise errors.ResourceExhausted(
                 f"the answer to this batch of {plan.n} sessions could take {size} bytes, "
                 f"over the {limit}-byte message limit; expected a smaller batch "

@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+import torch
 
 from seqserve.api import seqserve_pb2 as pb
 from seqserve.api import seqserve_pb2_grpc as pb_grpc
@@ -246,12 +247,13 @@ def test_batch_of_50000_sessions(roomy: ServerThread, zoo: Zoo) -> None:
 def test_a_batch_whose_answer_could_not_be_sent_is_refused_whole(
     server: ServerThread, zoo: Zoo
 ) -> None:
-    """Tiny ids that all fail would make an answer many times the request: refused up
-    front with RESOURCE_EXHAUSTED, before the real session among them is stepped."""
+    """Tiny ids that all fail make an answer larger than the request, even with each
+    failure reported by its code alone: refused up front with RESOURCE_EXHAUSTED, before
+    the real session among them is stepped."""
     limit = server.settings.max_message_bytes
     with Client(server.target) as client:
         real = client.create_session(MODEL).session_id
-        ids = [str(i) for i in range(limit // 40)]  # a request well under the limit
+        ids = [str(i) for i in range(limit // 20)]  # a request well under the limit
         ids[7] = real
         request = pb.BatchStepRequest(session_ids=ids, values=[1.0] * len(ids))
         assert request.ByteSize() < limit
@@ -262,6 +264,23 @@ def test_a_batch_whose_answer_could_not_be_sent_is_refused_whole(
         assert "no step was applied" in str(refused.value.details())
         assert client.get_session(real).position == 0
     assert_bystander_ok(server.target, zoo, seed=12)
+
+
+def test_a_batch_of_20000_sessions_fits_the_default_message_limit(zoo: Zoo) -> None:
+    """20,000 sessions x T=1: a 780 KB request whose answer is about 140 KB. Reserving
+    room for a long message per item that might fail capped a batch near 12,500."""
+    n = 20_000
+    x = zoo.inputs(MODEL, n, np.random.default_rng(21))  # (n, 1): one step per session
+    with ServerProcess("--repository", str(zoo.repository)) as proc, Client(proc.target) as client:
+        ids = [client.create_session(MODEL).session_id for _ in range(n)]
+        request = pb.BatchStepRequest(session_ids=ids, values=x.ravel().tolist())
+        assert 700_000 < request.ByteSize() < 4 << 20
+        response = batch_call(proc.target, request)
+    assert not response.errors and list(response.positions) == [1] * n
+    with torch.no_grad():  # each session's one step from the zero state, all at once
+        want, _ = zoo.modules[MODEL](torch.from_numpy(x[:, None, :]))  # (n, 1, O)
+    got = np.array(response.outputs, np.float32)
+    np.testing.assert_allclose(got, want.numpy().ravel(), rtol=TOL, atol=TOL)
 
 
 # -- streams that misbehave ---------------------------------------------------------------------
