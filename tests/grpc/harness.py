@@ -16,6 +16,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+import grpc
+
+from seqserve.api import seqserve_pb2 as pb
+from seqserve.api import seqserve_pb2_grpc as pb_grpc
 from seqserve.client import Client
 from seqserve.grpc.server import Server, running_server
 from seqserve.settings import ServerSettings
@@ -181,3 +185,21 @@ def settled_position(client: Client, sid: str, timeout_s: float = 10.0) -> int:
         if len(seen) >= 3 and seen[-1] == seen[-2] == seen[-3]:
             return seen[-1]
     raise AssertionError(f"position kept moving: {seen[-5:]}")
+
+
+def create_sessions(target: str, model: str, n: int, concurrency: int = 256) -> list[str]:
+    """`n` new sessions of `model`, created by concurrent calls (tens of seconds one by one)."""
+
+    async def main() -> list[str]:
+        async with grpc.aio.insecure_channel(target) as channel:
+            stub = pb_grpc.InferenceStub(channel)
+            gate = asyncio.Semaphore(concurrency)
+
+            async def one() -> str:
+                async with gate:
+                    info = await stub.CreateSession(pb.CreateSessionRequest(model=model))
+                    return str(info.session_id)
+
+            return list(await asyncio.gather(*(one() for _ in range(n))))
+
+    return asyncio.run(main())

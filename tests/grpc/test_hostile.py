@@ -24,7 +24,7 @@ from seqserve.client import Client, FailedPreconditionError, InvalidArgumentErro
 from seqserve.grpc.server import SERVICE_NAME
 from seqserve.grpc.servicer import STREAM_MAX_IN_FLIGHT
 from tests.grpc.conftest import TOL, Zoo, settings_for
-from tests.grpc.harness import ServerProcess, ServerThread, settled_position
+from tests.grpc.harness import ServerProcess, ServerThread, create_sessions, settled_position
 
 MODEL = "lstm-ar"  # one input, one output
 METHODS = pb.DESCRIPTOR.services_by_name["Inference"].methods
@@ -271,8 +271,8 @@ def test_a_batch_of_20000_sessions_fits_the_default_message_limit(zoo: Zoo) -> N
     room for a long message per item that might fail capped a batch near 12,500."""
     n = 20_000
     x = zoo.inputs(MODEL, n, np.random.default_rng(21))  # (n, 1): one step per session
-    with ServerProcess("--repository", str(zoo.repository)) as proc, Client(proc.target) as client:
-        ids = [client.create_session(MODEL).session_id for _ in range(n)]
+    with ServerProcess("--repository", str(zoo.repository)) as proc:
+        ids = create_sessions(proc.target, MODEL, n)
         request = pb.BatchStepRequest(session_ids=ids, values=x.ravel().tolist())
         assert 700_000 < request.ByteSize() < 4 << 20
         response = batch_call(proc.target, request)
@@ -419,7 +419,7 @@ def test_2000_streams_opened_at_once_all_open_or_are_refused_with_a_reason(
     if max_streams is not None:
         args += ["--max-streams", str(max_streams)]
     with ServerProcess(*args) as proc, Client(proc.target) as client:
-        sessions = [client.create_session(MODEL).session_id for _ in range(2000)]
+        sessions = create_sessions(proc.target, MODEL, 2000)
         outcomes = open_streams(proc.target, sessions, connections=8)
         if max_streams is None:
             assert outcomes == {"answered": 2000}
