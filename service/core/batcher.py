@@ -30,12 +30,24 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from seqserve.core.checks import check_group, check_one
 from seqserve.core.errors import Internal, ResourceExhausted, Unavailable, internal
+from seqserve.core.journal import Journal
 from seqserve.core.rounds import Bucket, Call, Computed, Planned, Rollout, Round, RoundRunner
 from seqserve.core.runtime import LoadedModel
 from seqserve.core.settings import CoreSettings
 from seqserve.core.slab import Slab
-from seqserve.core.work import ForecastWork, GroupWork, Order, StepWork, Unit, distinct, fail, rows
+from seqserve.core.work import (
+    ForecastWork,
+    GroupWork,
+    Order,
+    StepResult,
+    StepWork,
+    Unit,
+    distinct,
+    fail,
+    rows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +84,11 @@ class Batcher(Generic[Owner]):
         slab: Slab[Owner],
         settings: CoreSettings,
         clock: Callable[[], float],
+        journal: Journal | None = None,
     ) -> None:
         self.model = model
         self.slab = slab
-        self.runner = RoundRunner(model, slab, settings.max_batch, clock)
+        self.runner = RoundRunner(model, slab, settings.max_batch, clock, journal)
         self._max_batch = settings.max_batch
         self._max_queue = settings.max_queue
         self._delay_s = settings.batch_delay_us / 1e6
@@ -197,7 +210,7 @@ class Batcher(Generic[Owner]):
             return
         assert first.after is not None
         calls, plan = self.runner.prepare_chained(w, first.calls[0])
-        rnd = Round(buckets={len(w.x): plan[0][1]}, taken=[w])
+        rnd = Round(buckets={len(w.x): plan[0].bucket}, taken=[w])
         handed = self._hand_over(rnd, calls, plan, [])
         handed.after = first.after + len(w.x)
         first.chained_to = handed
@@ -362,7 +375,7 @@ class Batcher(Generic[Owner]):
                 self._done(w)
                 continue
             if isinstance(w, GroupWork):
-                live = self.runner.check_group(w)
+                live = check_group(self.slab, w)
                 rnd.taken.append(w)
                 rnd.groups.append(w)
                 for t in distinct(w.times[live]).tolist():
@@ -372,9 +385,13 @@ class Batcher(Generic[Owner]):
                     bucket.rows += len(idx)
                 taken += len(live)
                 continue
-            err = self.runner.check_one(w)
-            if err is not None:
-                fail(w.future, err)
+            turn = check_one(self.slab, w)
+            if turn is not None:
+                if isinstance(turn, StepResult):
+                    assert isinstance(w, StepWork)  # only a step can be a retry
+                    self.runner.answer(w.future, turn)  # answered again, nothing applied
+                else:
+                    fail(w.future, turn)
                 self._done(w)
                 continue
             rnd.taken.append(w)

@@ -53,12 +53,14 @@ class BatchPlan:
         times: Sequence[int] | npt.ArrayLike | None,
         values: npt.ArrayLike,
         max_steps: int,
+        positions: Sequence[int] | npt.ArrayLike | None = None,
     ) -> None:
-        """Checks that need no session: counts, duplicates, times."""
+        """Checks that need no session: counts, duplicates, times, positions."""
         validation.batch_ids(session_ids)
         self.n = n = len(session_ids)
         self.session_ids = session_ids
         self.times = validation.batch_times(times, n)  # (n,)
+        self.positions = validation.batch_positions(positions, n)  # (n,) or None
         self.values = np.array(values, dtype=np.float32).reshape(-1)  # a copy: the core keeps it
         self.max_steps = max_steps
         self.errors: dict[int, SeqServeError] = {}
@@ -131,6 +133,7 @@ class BatchPlan:
                 input_size=spec.input_size,
                 output_size=spec.output_size,
                 future=loop.create_future(),
+                expected=None if self.positions is None else self.positions[idx],
             )
             self._members.append((version, idx))
             out.append((version, group))

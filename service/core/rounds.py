@@ -9,9 +9,10 @@ batcher sends it and touches no shared state.
 Commit rule (Slab.commit, the one writer): a step's state, position and last
 output are written only when its model call succeeded and the session's slot
 epoch is unchanged since the step was queued (no reset or close in between).
-A step succeeds (returns outputs) exactly when its state was committed, and
-its reply is settled right after the commit; otherwise it fails with a
-status, and the session is left as it was.
+A step succeeds (returns outputs) exactly when its state was committed;
+otherwise it fails with a status, and the session is left as it was. With a
+durable store, what a round committed is appended to the journal and its
+answers (forecasts and retries too) are sent once that record is durable.
 
 Shapes: B rows (sessions) of T steps, F input features, O outputs.
 """
@@ -19,6 +20,7 @@ Shapes: B rows (sessions) of T steps, F input features, O outputs.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -26,13 +28,19 @@ from typing import Generic, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from seqserve.core.errors import FailedPrecondition, Internal, NotFound, SeqServeError, internal
+from seqserve.core import records
+from seqserve.core.answers import digest, digests
+from seqserve.core.checks import stale
+from seqserve.core.errors import Internal, internal
+from seqserve.core.journal import Journal
 from seqserve.core.runtime import LoadedModel
 from seqserve.core.slab import Slab
 from seqserve.core.work import (
+    Deliveries,
     ForecastResult,
     ForecastWork,
     GroupWork,
+    Reply,
     StepResult,
     StepWork,
     Unit,
@@ -76,9 +84,17 @@ class BrokenChain(Exception):
     """A chained call whose predecessor failed: it was not run (and is run again)."""
 
 
-# A bucket's T, the bucket, its slots (B,) in row order, and (first call, end call,
-# the slots' epochs (B,) when gathered): which of the round's calls serve it.
-Planned = tuple[int, Bucket, I64, tuple[int, int, npt.NDArray[np.uint32]]]
+@dataclass(eq=False, slots=True)
+class Planned:
+    """A bucket of one T in a round, and which of the round's calls serve it."""
+
+    t: int
+    bucket: Bucket
+    slots: I64  # (B,) in row order
+    first: int  # its calls are calls[first:end]
+    end: int
+    epochs: npt.NDArray[np.uint32]  # (B,) the slots' epochs when gathered
+    x: F32  # (B, T, F) its inputs
 
 
 @dataclass
@@ -106,12 +122,18 @@ class RoundRunner(Generic[Owner]):
     """The arithmetic of rounds for one model version and its slab."""
 
     def __init__(
-        self, model: LoadedModel, slab: Slab[Owner], max_batch: int, clock: Callable[[], float]
+        self,
+        model: LoadedModel,
+        slab: Slab[Owner],
+        max_batch: int,
+        clock: Callable[[], float],
+        journal: Journal | None = None,
     ) -> None:
         self.model = model
         self.slab = slab
         self.max_batch = max_batch
         self._clock = clock
+        self.journal = journal  # None: nothing to make durable before answering
         self._axes = [st.batch_axis for st in model.spec.states]
         self.inline_s = INLINE_S
         # Figures for metrics, tests and the benchmark.
@@ -143,50 +165,27 @@ class RoundRunner(Generic[Owner]):
             fail(w.future, self.internal(exc, 1))
             return True
         # Synchronous on the loop since _assemble checked the epoch: it still holds.
-        position = slab.commit_one(slot, w.epoch, states, y[0, -1], t, self._clock())
+        position = slab.commit_one(slot, w.epoch, states, y[0], digest(w.x), self._clock())
         self.rows += 1
         if position is None:
-            fail(w.future, self.stale(w.session_id, slot, w.owner, "running"))
-        else:
-            settle(w.future, StepResult(y[0], position))  # y[0] (T, O)
+            fail(w.future, stale(slab, w.session_id, slot, w.owner, "running"))
+            return True
+        result = StepResult(y[0], position)  # y[0] (T, O)
+        journal = self.journal
+        if journal is None:
+            settle(w.future, result)
+            return True
+        record = records.steps(time.time(), [w.session_id], np.array([position - t]), w.x[None], y)
+        delivery = Deliveries()
+        delivery.add(w.future, result)
+        delivery.send_after(journal.append(record))
         return True
 
-    def stale(self, session_id: str, slot: int, owner: object, doing: str) -> SeqServeError:
-        if self.slab.owners[slot] is owner:
-            return FailedPrecondition(
-                f"session {session_id!r} was reset while this step was {doing}; "
-                "the step was not applied"
-            )
-        return NotFound(f"session {session_id!r} was closed or expired while this step was {doing}")
-
-    def check_one(self, w: StepWork | ForecastWork) -> SeqServeError | None:
-        slab = self.slab
-        if int(slab.epoch[w.slot]) != w.epoch:
-            return self.stale(w.session_id, w.slot, w.owner, "queued")
-        position = int(slab.position[w.slot])
-        if isinstance(w, ForecastWork):
-            if position == 0:
-                return FailedPrecondition(
-                    f"session {w.session_id!r} has no step yet: a forecast starts from the "
-                    "prediction of the last step (expected position >= 1, got 0)"
-                )
-        elif w.expected is not None and w.expected != position:
-            return FailedPrecondition(
-                f"session {w.session_id!r}: expected position {w.expected}, "
-                f"but the session is at position {position}"
-            )
-        return None
-
-    def check_group(self, w: GroupWork) -> I64:
-        """Fail the group's items whose session changed since submission; the live indices."""
-        stale = np.flatnonzero(self.slab.epoch[w.slots] != w.epochs)
-        for i in stale.tolist():
-            w.fail(i, self.stale(w.session_ids[i], w.slot_list[i], w.owners[i], "queued"))
-        if len(stale) == 0:
-            return np.arange(len(w.slots), dtype=np.int64)
-        mask = np.ones(len(w.slots), bool)
-        mask[stale] = False
-        return np.flatnonzero(mask).astype(np.int64)
+    def answer(self, reply: Reply[StepResult], result: StepResult) -> None:
+        """Answer a retry from what its request returned, once all that was applied is durable."""
+        delivery = Deliveries()
+        delivery.add(reply, result)
+        delivery.send_after(self.journal.barrier() if self.journal is not None else None)
 
     # --- gather, compute, scatter ----------------------------------------------------
 
@@ -219,7 +218,7 @@ class RoundRunner(Generic[Owner]):
                 calls.append(
                     Call(np.ascontiguousarray(x[a : a + len(chunk)]), self.slab.gather(chunk))
                 )
-            plan.append((t, bucket, slots, (first, len(calls), epochs)))
+            plan.append(Planned(t, bucket, slots, first, len(calls), epochs, x))
         return calls, plan
 
     def prepare_chained(self, w: StepWork, after: Call) -> tuple[list[Call], list[Planned]]:
@@ -227,7 +226,9 @@ class RoundRunner(Generic[Owner]):
         bucket = Bucket(steps=[w], rows=1)
         slots = np.array([w.slot], np.int64)
         epochs = np.array([w.epoch], np.uint32)  # as queued: a reset since fails it
-        return [Call(w.x[None], [], after)], [(len(w.x), bucket, slots, (0, 1, epochs))]
+        return [Call(w.x[None], [], after)], [
+            Planned(len(w.x), bucket, slots, 0, 1, epochs, w.x[None])
+        ]
 
     def cost(self, calls: list[Call], forecasts: list[Rollout]) -> float:
         """Predicted seconds of the round's model calls."""
@@ -284,18 +285,20 @@ class RoundRunner(Generic[Owner]):
         forecasts: list[Rollout],
         rollouts: list[F32 | BaseException],
     ) -> int:
-        """Commit what the round computed and settle its units; the rows committed."""
+        """Commit what the round computed and answer its units; the rows committed."""
         now = self._clock()
         slab = self.slab
+        journal = self.journal
+        delivery = Deliveries()
         committed = 0
         if results or rollouts:
             self.rounds += 1
             self.calls += len(results)
-        for t, bucket, slots, (first, end, epochs) in plan:
-            got = results[first:end]
+        for p in plan:
+            got = results[p.first : p.end]
             failed = next((r for r in got if isinstance(r, BaseException)), None)
             if failed is not None:
-                self.fail_bucket(bucket, failed, len(slots))
+                self.fail_bucket(p.bucket, failed, len(p.slots))
                 continue
             outs = [r for r in got if not isinstance(r, BaseException)]
             y = outs[0][0] if len(outs) == 1 else np.concatenate([r[0] for r in outs])  # (B, T, O)
@@ -307,32 +310,53 @@ class RoundRunner(Generic[Owner]):
                     for k, ax in enumerate(self._axes)
                 ]
             )
-            applied = slab.commit(slots, epochs, states, y[:, -1], t, now)  # y[:, -1] (B, O)
-            committed += int(applied.sum())
-            self.rows += len(slots)
-            self.deliver(bucket, y, applied, t)
+            rows = len(p.slots)
+            applied = slab.commit(
+                p.slots, p.epochs, states, y, digests(p.x.reshape(rows, -1)), now
+            )  # x (B, T * F)
+            n_applied = int(applied.sum())
+            committed += n_applied
+            self.rows += rows
+            if journal is not None and n_applied:
+                journal.append(self.record(p, y, applied))
+            self.deliver(p, y, applied, delivery)
         for w, prepared, outcome in zip(rnd.forecasts, forecasts, rollouts, strict=True):
             if isinstance(outcome, BaseException):
                 fail(w.future, self.internal(outcome, 1))
             else:
                 slab.touch(w.slot, now)
-                settle(w.future, ForecastResult(outcome, prepared.position))
+                delivery.add(w.future, ForecastResult(outcome, prepared.position))
         for g in rnd.groups:
-            settle(g.future, g)
+            delivery.add(g.future, g)
+        delivery.send_after(journal.barrier() if journal is not None else None)
         return committed
 
-    def deliver(self, bucket: Bucket, y: F32, applied: npt.NDArray[np.bool_], t: int) -> None:
+    def record(self, p: Planned, y: F32, applied: npt.NDArray[np.bool_]) -> bytes:
+        """The journal record of a bucket's applied rows: y (B, T, O)."""
+        ids = [w.session_id for w in p.bucket.steps]
+        for g, idx in p.bucket.parts:
+            ids += [g.session_ids[i] for i in idx.tolist()]
+        keep = np.flatnonzero(applied)
+        slots = p.slots[keep]
+        starts = self.slab.position[slots] - p.t  # (B',) where each started
+        return records.steps(
+            time.time(), [ids[i] for i in keep.tolist()], starts, p.x[keep], y[keep]
+        )
+
+    def deliver(
+        self, p: Planned, y: F32, applied: npt.NDArray[np.bool_], delivery: Deliveries
+    ) -> None:
         """Hand each row's outputs to its work: y (B, T, O), rows in bucket order."""
-        slab = self.slab
+        slab, t = self.slab, p.t
         o = y.shape[2]
         row = 0
-        for w in bucket.steps:
+        for w in p.bucket.steps:
             if applied[row]:
-                settle(w.future, StepResult(y[row], int(slab.position[w.slot])))
+                delivery.add(w.future, StepResult(y[row], int(slab.position[w.slot])))
             else:
-                fail(w.future, self.stale(w.session_id, w.slot, w.owner, "running"))
+                fail(w.future, stale(slab, w.session_id, w.slot, w.owner, "running"))
             row += 1
-        for g, idx in bucket.parts:
+        for g, idx in p.bucket.parts:
             n = len(idx)
             ok = applied[row : row + n]
             if n == len(g.slots):  # the whole group: its outputs are these rows, in order
@@ -347,7 +371,7 @@ class RoundRunner(Generic[Owner]):
                 g.positions[idx] = slab.position[g.slots[idx]]
             if not ok.all():
                 for i in idx[~ok].tolist():
-                    g.fail(i, self.stale(g.session_ids[i], g.slot_list[i], g.owners[i], "running"))
+                    g.fail(i, stale(slab, g.session_ids[i], g.slot_list[i], g.owners[i], "running"))
             row += n
 
     def internal(self, exc: BaseException, rows: int) -> Internal:

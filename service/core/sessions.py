@@ -234,15 +234,18 @@ class SessionManager:
         values: npt.ArrayLike,
         principal: str,
         admit: Callable[[BatchPlan], None] | None = None,
+        positions: Sequence[int] | npt.ArrayLike | None = None,
     ) -> BatchResult:
         """Steps for many sessions in one call (the gateway path); see `BatchPlan`.
 
         `admit`, when given, sees the validated plan before any step is queued
         and may refuse it by raising (a front end whose answer would not fit
         its transport's message limit, say); no step is then applied.
+        `positions`, when given, are where each item's session is expected to
+        be (seqserve.core.answers: a retried item is answered again).
         """
         self._check_running()
-        plan = BatchPlan(session_ids, times, values, self._max_steps)
+        plan = BatchPlan(session_ids, times, values, self._max_steps, positions)
         directory = self.directory
         plan.resolve(directory.lookup_many(session_ids, principal), self.versions, directory.ttl_s)
         if admit is not None:

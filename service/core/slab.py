@@ -14,10 +14,13 @@ running across such a change is recognised and never writes stale state.
 
 One writer: session state changes only through this class's methods. `commit`
 (a batch of rows) and `commit_one` (the one-step path) are the single moment a
-step becomes applied: state, last output, position and last access are
-written for the rows whose epoch still holds, and only those. `alloc`,
-`reset` and `free` replace a slot's state and change its epoch; `touch` marks
-activity for the idle timeout. The arrays are public for reading.
+step becomes applied: state, last output, position, last access and the
+request's answer (kept for retries, seqserve.core.answers) are written for the
+rows whose epoch still holds, and only those. `alloc`, `reset` and `free`
+replace a slot's state and change its epoch; `touch` marks activity for the
+idle timeout. Every change but `touch` marks the slot dirty: a durable store's
+checkpoint writes dirty slots and clears the mark. The arrays are public for
+reading.
 
 Capacity: the session manager reserves room for `max_sessions` up front. The
 arrays are allocated zeroed (fresh pages from the kernel), and a page becomes
@@ -37,13 +40,13 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from seqserve.core.answers import U64, Answers, grow_rows
 from seqserve.core.spec import ModelSpec
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
 
 Owner = TypeVar("Owner")
-G = TypeVar("G", bound=np.generic)
 
 # A state array seen as rows: (2-D view, row offsets (lead, 1), shape before and
 # after the batch axis).
@@ -76,6 +79,8 @@ class Slab(Generic[Owner]):
         self.position = np.zeros(0, np.int64)  # (N,) steps consumed
         self.last_access = np.zeros(0, np.float64)  # (N,) clock seconds
         self.epoch = np.zeros(0, np.uint32)  # (N,) bumped on reset, free and reuse
+        self.dirty = np.zeros(0, bool)  # (N,) changed since a durable store's last checkpoint
+        self.answers = Answers(spec.output_size)
         try:
             self._resize(reserve)
         except MemoryError:  # address space limited (ulimit -v, strict overcommit): grow instead
@@ -122,6 +127,8 @@ class Slab(Generic[Owner]):
         self.last_output[slot] = 0.0
         self.position[slot] = 0
         self.epoch[slot] += 1
+        self.dirty[slot] = True
+        self.answers.clear(slot)
 
     # --- batches -----------------------------------------------------------
 
@@ -158,49 +165,57 @@ class Slab(Generic[Owner]):
         slots: I64,
         epochs: npt.NDArray[np.uint32],
         states: Sequence[F32],
-        last: F32,
-        steps: int,
+        y: F32,
+        digests: U64,
         now: float,
     ) -> npt.NDArray[np.bool_]:
         """Apply a round's rows whose slot is unchanged since they were queued.
 
         slots and epochs (B,) as they were when the rows were taken; states in
-        the model's layout with batch B; last (B, O), each row's last output;
-        every row advanced `steps` steps. Rows whose epoch changed meanwhile (a
-        reset or a close) are left alone. Returns which rows were applied (B,).
+        the model's layout with batch B; y (B, T, O) the rows' outputs, each row
+        T steps; digests (B,) of the rows' values (seqserve.core.answers). Rows
+        whose epoch changed meanwhile (a reset or a close) are left alone.
+        Returns which rows were applied (B,).
         """
         applied: npt.NDArray[np.bool_] = self.epoch[slots] == epochs  # (B,)
         if not applied.all():
             rows = np.flatnonzero(applied)
-            slots, last = slots[rows], last[rows]  # (B',), (B', O)
+            slots, y, digests = slots[rows], y[rows], digests[rows]  # B' rows
             states = [np.take(s, rows, axis=ax) for ax, s in zip(self._axes, states, strict=True)]
         self.scatter(slots, states)
-        self.position[slots] += steps
-        self.last_output[slots] = last
+        self.answers.record(slots, self.position[slots], digests, y)
+        self.position[slots] += y.shape[1]
+        self.last_output[slots] = y[:, -1]  # (B, O)
         self.last_access[slots] = now
+        self.dirty[slots] = True
         return applied
 
     def commit_one(
-        self, slot: int, epoch: int, states: Sequence[F32], last: F32, steps: int, now: float
+        self, slot: int, epoch: int, states: Sequence[F32], y: F32, digest: int, now: float
     ) -> int | None:
-        """`commit` for one session (states with B = 1, last (O,)): its new position, or None."""
+        """`commit` for one session (states with B = 1, y (T, O)): its new position, or None."""
         if int(self.epoch[slot]) != epoch:
             return None
         at = (slice(slot, slot + 1),)
         for lead, a, new in zip(self._leads, self.states, states, strict=True):
             a[lead + at] = new
-        position = int(self.position[slot]) + steps
+        start = int(self.position[slot])
+        self.answers.record_one(slot, start, digest, y)
+        position = start + len(y)
         self.position[slot] = position
-        self.last_output[slot] = last
+        self.last_output[slot] = y[-1]
         self.last_access[slot] = now
+        self.dirty[slot] = True
         return position
 
     # --- accounting ----------------------------------------------------------
 
     def bytes_per_slot(self) -> int:
         """Bytes one session occupies across every array of the slab."""
+        kept = self.answers
         columns: list[npt.NDArray[Any]] = [self.last_output, self.position, self.last_access]
-        arrays = [*self.states, *columns, self.epoch]
+        answers: list[npt.NDArray[Any]] = [kept.starts, kept.digests, kept.outputs, kept.count]
+        arrays: list[npt.NDArray[Any]] = [*self.states, *columns, self.epoch, self.dirty, *answers]
         return sum(a.nbytes for a in arrays) // max(self.capacity, 1)
 
     def used_bytes(self) -> int:
@@ -240,15 +255,10 @@ class Slab(Generic[Owner]):
         self._rows = [
             self._row_view(arr, axis) for arr, axis in zip(grown, self._axes, strict=True)
         ]
-        self.last_output = _grow(self.last_output, capacity)
-        self.position = _grow(self.position, capacity)
-        self.last_access = _grow(self.last_access, capacity)
-        self.epoch = _grow(self.epoch, capacity)
+        self.last_output = grow_rows(self.last_output, capacity)
+        self.position = grow_rows(self.position, capacity)
+        self.last_access = grow_rows(self.last_access, capacity)
+        self.epoch = grow_rows(self.epoch, capacity)
+        self.dirty = grow_rows(self.dirty, capacity)
+        self.answers.resize(capacity)
         self.capacity = capacity
-
-
-def _grow(arr: npt.NDArray[G], capacity: int) -> npt.NDArray[G]:
-    """A zeroed copy with `capacity` rows, the old rows kept."""
-    new = np.zeros((capacity, *arr.shape[1:]), arr.dtype)
-    new[: arr.shape[0]] = arr
-    return new

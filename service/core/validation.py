@@ -22,6 +22,7 @@ F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
 
 MAX_ID_LENGTH = 128
+MAX_POSITION = 2**63 - 1  # positions are int64 in the slab
 
 
 def session_id(session_id: str) -> None:
@@ -121,6 +122,21 @@ def batch_times(times: Sequence[int] | npt.ArrayLike | None, n: int) -> I64:
         i = int(np.flatnonzero(t < 0)[0])
         raise InvalidArgument(f"expected times[{i}] >= 1, got {int(t[i])}")
     return t
+
+
+def batch_positions(positions: Sequence[int] | npt.ArrayLike | None, n: int) -> I64 | None:
+    """The position each item's session is expected at (n,), or None when there are none."""
+    if positions is None:
+        return None
+    p = np.asarray(positions, np.uint64).reshape(-1)
+    if len(p) == 0:
+        return None
+    if len(p) != n:
+        raise InvalidArgument(f"expected {n} positions (one per session) or none, got {len(p)}")
+    if (p > np.uint64(MAX_POSITION)).any():
+        i = int(np.flatnonzero(p > np.uint64(MAX_POSITION))[0])
+        raise InvalidArgument(f"expected positions[{i}] <= {MAX_POSITION}, got {int(p[i])}")
+    return p.astype(np.int64)
 
 
 def batch_value_count(counts: I64, values: F32) -> None:

@@ -18,7 +18,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from seqserve.core.errors import SeqServeError
+from seqserve.core.errors import SeqServeError, Unavailable
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
@@ -133,8 +133,10 @@ class GroupWork(_Unit):
     __slots__ = (
         "epochs",
         "errors",
+        "expected",
         "future",
         "in_offsets",
+        "input_size",
         "ok",
         "out_offsets",
         "outputs",
@@ -158,6 +160,7 @@ class GroupWork(_Unit):
         input_size: int,
         output_size: int,
         future: asyncio.Future[GroupWork],
+        expected: I64 | None = None,
     ) -> None:
         super().__init__()
         n = len(slots)
@@ -168,6 +171,7 @@ class GroupWork(_Unit):
         self.epochs = epochs  # (n,)
         self.times = times  # (n,)
         self.x = x  # (sum(times) * F,) time-major per item
+        self.input_size = input_size
         self.in_offsets = (np.cumsum(times) - times) * input_size  # (n,)
         self.out_offsets = (np.cumsum(times) - times) * output_size  # (n,)
         self.outputs = np.zeros(int(times.sum()) * output_size, np.float32)
@@ -175,6 +179,7 @@ class GroupWork(_Unit):
         self.positions = np.zeros(n, np.int64)
         self.errors: list[tuple[int, SeqServeError]] = []
         self.future = future
+        self.expected = expected  # (n,) the positions the client expects, or None
 
     def slot_keys(self) -> Sequence[int]:
         return self.slot_list
@@ -206,6 +211,42 @@ def settle(fut: Reply[T], value: T) -> None:
 def fail(fut: Reply[Any], err: BaseException) -> None:
     if not fut.done():
         fut.set_exception(err)
+
+
+class Deliveries:
+    """Replies that may be sent once what they answer is durable (at once without a store).
+
+    A round collects its answers here; they go when the journal records of
+    that round are durable, or fail with the journal's error if they cannot
+    be. Failures of steps that were not applied need no record and go at once.
+    """
+
+    __slots__ = ("ok",)
+
+    def __init__(self) -> None:
+        self.ok: list[tuple[Reply[Any], object]] = []
+
+    def add(self, reply: Reply[Any], value: object) -> None:
+        self.ok.append((reply, value))
+
+    def send_after(self, durable: asyncio.Future[None] | None) -> None:
+        if durable is None:
+            self._send(None)
+        elif durable.done():
+            self._send(durable)
+        else:
+            durable.add_done_callback(self._send)
+
+    def _send(self, durable: asyncio.Future[None] | None) -> None:
+        err: BaseException | None = None
+        if durable is not None:
+            cancelled = durable.cancelled()
+            err = Unavailable("the server is shutting down") if cancelled else durable.exception()
+        for reply, value in self.ok:
+            if err is None:
+                settle(reply, value)
+            else:
+                fail(reply, err)
 
 
 class Order:

@@ -85,7 +85,7 @@ def test_answers_keep_each_sessions_order_with_up_front_refusals_and_tags(
             by_tag = {w.tag: w for w in write.answers}
             assert isinstance(by_tag[1].error, InvalidArgument)
             assert isinstance(by_tag[3].error, NotFound)
-            assert "expected position 5" in str(by_tag[5].error)
+            assert "expected position 1, got 5" in str(by_tag[5].error)
             got_a = np.concatenate([by_tag[t].result.outputs for t in (0, 4, 6)])  # type: ignore[union-attr]
             np.testing.assert_allclose(got_a, torch_reference(zoo.modules[MODEL], xa), atol=ATOL)
             got_b = by_tag[2].result.outputs  # type: ignore[union-attr]

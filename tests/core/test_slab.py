@@ -95,8 +95,10 @@ def test_growth_keeps_state_and_free_slots_are_reused_zeroed() -> None:
     assert slab.last_output[17].tolist() == [0.0, 0.0, 0.0]
     assert slab.position[17] == 0
     assert slab.owners[17] == "reuses too"
-    # (3 + 8 + 6) state floats, 3 output floats, position, last access, epoch
-    assert slab.bytes_per_slot() == 4 * (3 + 8 + 6) + 4 * 3 + 8 + 8 + 4
+    # (3 + 8 + 6) state floats, 3 output floats, position, last access, epoch, dirty,
+    # and the answers kept for retries: 8 starts, 8 digests, 8 x 3 outputs, a count
+    retained = 8 * 8 + 8 * 8 + 4 * 8 * 3 + 4
+    assert slab.bytes_per_slot() == 4 * (3 + 8 + 6) + 4 * 3 + 8 + 8 + 4 + 1 + retained
     assert slab.used_bytes() == slab.used * slab.bytes_per_slot()
 
 
@@ -141,7 +143,9 @@ def test_commit_writes_only_the_rows_whose_slot_is_unchanged() -> None:
     slab.free(int(slots[3]))  # closed while the round ran
     before = {s: row_of(slab, s) for s in slots.tolist()}
     last = np.array([[10.0] * 3, [11.0] * 3, [12.0] * 3, [13.0] * 3], np.float32)  # (B, O)
-    applied = slab.commit(slots, epochs, batch_states([10, 11, 12, 13]), last, 3, 9.0)
+    y = np.repeat(last[:, None, :], 3, axis=1)  # (B, T=3, O): each row 3 steps, last as given
+    digests = np.arange(4, dtype=np.uint64) + 100
+    applied = slab.commit(slots, epochs, batch_states([10, 11, 12, 13]), y, digests, 9.0)
     assert applied.tolist() == [True, False, True, False]
     for i in (0, 2):
         s = int(slots[i])
@@ -154,8 +158,15 @@ def test_commit_writes_only_the_rows_whose_slot_is_unchanged() -> None:
     assert float(slab.last_access[slots[3]]) == np.inf  # a free slot is never idle
     # A second commit advances the position again from where the first left it.
     epochs = slab.epoch[slots[:1]].copy()
-    slab.commit(slots[:1], epochs, batch_states([20]), last[:1] + 10, 2, 10.0)
+    y2 = np.repeat(last[:1, None, :] + 10, 2, axis=1)  # (1, T=2, O)
+    slab.commit(slots[:1], epochs, batch_states([20]), y2, np.array([7], np.uint64), 10.0)
     assert (int(slab.position[slots[0]]), row_of(slab, int(slots[0]))) == (5, [20.0] * 4)
+    # Each applied request's answer is kept for a retry, found by its start and digest.
+    s0 = int(slots[0])
+    np.testing.assert_array_equal(slab.answers.find(s0, 0, 100, 3), y[0])
+    np.testing.assert_array_equal(slab.answers.find(s0, 3, 7, 2), y2[0])
+    assert slab.answers.find(s0, 3, 8, 2) is None  # other values
+    assert slab.answers.find(int(slots[1]), 0, 101, 3) is None  # the reset row kept nothing
 
 
 def test_commit_one_is_the_same_rule_for_one_session() -> None:
@@ -164,11 +175,15 @@ def test_commit_one_is_the_same_rule_for_one_session() -> None:
     fill(slab, y, 7.0)
     one = batch_states([4.0])  # B = 1
     epoch = int(slab.epoch[x])
-    assert slab.commit_one(x, epoch, one, np.full(3, 4.0, np.float32), 2, 3.0) == 2
+    out = np.full((2, 3), 4.0, np.float32)  # (T=2, O)
+    assert slab.commit_one(x, epoch, one, out, 11, 3.0) == 2
     assert row_of(slab, x) == [4.0] * 4 and float(slab.last_access[x]) == 3.0
-    assert slab.commit_one(x, epoch, one, np.full(3, 4.0, np.float32), 2, 3.0) == 4
+    assert slab.commit_one(x, epoch, one, out[:1], 12, 3.0) == 3  # T = 1
+    np.testing.assert_array_equal(slab.answers.find(x, 2, 12, 1), out[:1])
+    np.testing.assert_array_equal(slab.answers.find(x, 0, 11, 2), out)
     slab.reset(x, 4.0)
-    assert slab.commit_one(x, epoch, one, np.full(3, 9.0, np.float32), 1, 5.0) is None
+    assert slab.commit_one(x, epoch, one, np.full((1, 3), 9.0, np.float32), 13, 5.0) is None
+    assert slab.answers.find(x, 0, 11, 2) is None  # a reset forgets what was kept
     assert row_of(slab, x) == [0.0] * 4 and int(slab.position[x]) == 0
     assert row_of(slab, y) == [7.0] * 4  # the neighbour was never touched
     # The views the one-step path reads are the slot's own state, in the model's layout.

@@ -146,12 +146,15 @@ def test_message_too_large(client: Client) -> None:
 
 def test_out_of_order_position(client: Client, zoo: Zoo) -> None:
     sid = client.create_session(GRU).session_id
-    client.step(sid, X, position=0)
-    for wrong in (0, 2, 4):  # a repeat, a step lost behind, one ahead
+    first = client.step(sid, X, position=0)
+    other = X + 1.0  # other values than the step applied at 0
+    for wrong, values in ((0, other), (2, X), (4, X)):  # a conflict, a step lost, one ahead
         with pytest.raises(FailedPreconditionError) as e:
-            client.step(sid, X, position=wrong)
-        assert "expected" in e.value.message and "3" in e.value.message
-        assert str(wrong) in e.value.message
+            client.step(sid, values, position=wrong)
+        assert e.value.message.endswith(f"expected position 3, got {wrong}")
+    # The same request again (a retry whose answer was lost): the same answer, not reapplied.
+    np.testing.assert_array_equal(client.step(sid, X, position=0), first)
+    assert client.get_session(sid).position == 3
     assert_unchanged(client, sid, X, GRU, zoo)
 
 
