@@ -100,16 +100,16 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
     from seqserve.core.heap import keep_round_buffers_in_heap
+    from seqserve.core.journal import StoreError
     from seqserve.core.runtime import ModelLoadError  # loads ONNX Runtime
     from seqserve.grpc.server import serve
 
     keep_round_buffers_in_heap()  # the serving process owns its allocator
     try:
-        asyncio.run(serve(settings))
-    except (ModelLoadError, OSError) as exc:
+        return asyncio.run(serve(settings))
+    except (ModelLoadError, StoreError, OSError) as exc:
         logging.getLogger("seqserve").error("cannot start: %s", exc)
         return 1
-    return 0
 
 
 def _models(args: argparse.Namespace) -> int:

@@ -75,6 +75,15 @@ def _log_level(text: str) -> str:
     return text.lower()
 
 
+def _store(text: str) -> str:
+    from seqserve.store import check  # light: it imports no store's client
+
+    try:
+        return check(text)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+
+
 def _setting(flag: str, parse: Callable[[str], Any], default: Any, help: str) -> Any:
     """A ServerSettings field: its default, flag, parser and help in one place."""
     return field(default=default, metadata={"flag": flag, "parse": parse, "help": help})
@@ -146,6 +155,12 @@ class ServerSettings:
     )
     ort_threads: int = _setting(
         "--ort-threads", _positive_int, _CORE.ort_threads, "ONNX Runtime intra-op threads per model"
+    )
+    store: str = _setting(
+        "--store",
+        _store,
+        "memory",
+        "where sessions live: memory, sqlite:PATH or redis://HOST:PORT/DB",
     )
     log_level: str = _setting("--log-level", _log_level, "info", f"one of {', '.join(LOG_LEVELS)}")
 

@@ -127,6 +127,32 @@ class Answers:
             self.long[(slot, ring)] = y.copy()
         self.count[slot] += 1
 
+    def of(self, slot: int) -> tuple[int, I64, U64, F32, dict[int, F32]]:
+        """A slot's ring: (count, starts plus one (R,), digests (R,), outputs (R, O), long)."""
+        long = (
+            {ring: a.copy() for (s, ring), a in self.long.items() if s == slot} if self.long else {}
+        )
+        count = int(self.count[slot])
+        return (
+            count,
+            self.starts[slot].copy(),
+            self.digests[slot].copy(),
+            self.outputs[slot].copy(),
+            long,
+        )
+
+    def load(
+        self, slot: int, count: int, starts: I64, digests: U64, outputs: F32, long: dict[int, F32]
+    ) -> None:
+        """Put back a ring taken with `of` (a restored or imported session)."""
+        self.clear(slot)
+        self.count[slot] = count
+        self.starts[slot] = starts
+        self.digests[slot] = digests
+        self.outputs[slot] = outputs
+        for ring, answer in long.items():
+            self.long[(slot, ring)] = answer
+
     def find(self, slot: int, start: int, digest: int, steps: int) -> F32 | None:
         """The answer (T, O) of the retained request that started at `start` with these values."""
         hits = np.flatnonzero(

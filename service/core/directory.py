@@ -59,6 +59,9 @@ def unknown_session(session_id: str, ttl_s: float) -> NotFound:
 class SessionDirectory(Protocol):
     """Ids, principals, TTL and lookup of every open session."""
 
+    # Called with each session that goes (closed, expired), after it is gone.
+    on_close: Callable[[Session], None] | None
+
     @property
     def ttl_s(self) -> float: ...
 

@@ -32,6 +32,10 @@ from seqserve.core.errors import Unavailable
 log = logging.getLogger(__name__)
 
 
+class StoreError(Exception):
+    """A store that cannot be opened or used; the message says which and why."""
+
+
 @dataclass(frozen=True)
 class Stored:
     """What a store holds when it opens: the rows of its last checkpoint, the records after."""
@@ -55,10 +59,12 @@ class LogStore(Protocol):
         """Make the records durable, all or none; a record appended twice is kept once."""
         ...
 
-    async def checkpoint(
-        self, rows: list[tuple[str, bytes]], deleted: list[str], upto: int
-    ) -> None:
-        """Write session rows, delete sessions, drop the records numbered <= upto: at once."""
+    async def save(self, rows: list[tuple[str, bytes]], deleted: list[str]) -> None:
+        """Write session rows (by id) and delete sessions, all or none."""
+        ...
+
+    async def truncate(self, upto: int) -> None:
+        """Drop the records numbered <= upto: the saved rows include what they did."""
         ...
 
     async def close(self) -> None: ...
@@ -70,11 +76,9 @@ _Pending = tuple[int, bytes, "asyncio.Future[None]"]  # (sequence number, record
 class Journal:
     """Appends records in order; each append's future resolves once it is durable."""
 
-    def __init__(
-        self, store: LogStore, next_seq: int, on_failure: Callable[[BaseException], None]
-    ) -> None:
+    def __init__(self, store: LogStore, on_failure: Callable[[BaseException], None]) -> None:
         self._store = store
-        self._seq = next_seq - 1  # the last number handed out
+        self._seq = 0  # the last number handed out
         self._on_failure = on_failure
         self._pending: list[_Pending] = []
         self._last: asyncio.Future[None] | None = None  # the newest record's future
@@ -89,7 +93,9 @@ class Journal:
         """The number of the last record appended (durable or not)."""
         return self._seq
 
-    def start(self) -> None:
+    def start(self, next_seq: int) -> None:
+        """Begin writing, numbering records from `next_seq` (what the store holds is below)."""
+        self._seq = next_seq - 1
         self._wake = asyncio.Event()
         self._writer = asyncio.create_task(self._write_forever(), name="journal writer")
 
@@ -98,6 +104,7 @@ class Journal:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self.failure is not None:
             future.set_exception(self._unavailable())
+            future.exception()  # retrieved: whoever waits on it sees it, nobody must
             return future
         self._seq += 1
         self._pending.append((self._seq, record, future))
@@ -157,5 +164,6 @@ class Journal:
         for _, _, future in [*batch, *self._pending]:
             if not future.done():
                 future.set_exception(err)
+                future.exception()  # retrieved: whoever waits on it sees it, nobody must
         self._pending = []
         self._on_failure(exc)

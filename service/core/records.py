@@ -144,6 +144,32 @@ def imported(row: SessionRow) -> bytes:
     return struct.pack("<B", Kind.IMPORT) + encode_row(row)
 
 
+def created_row(rec: Create) -> SessionRow:
+    """The row of a session created and never saved: no state yet (its model decides)."""
+    empty = np.zeros(0, np.float32)
+    return SessionRow(
+        rec.session_id,
+        rec.principal,
+        rec.label,
+        0,
+        rec.wall,
+        empty,
+        empty,
+        0,
+        np.zeros(0, np.int64),
+        np.zeros(0, np.uint64),
+        np.zeros((0, 0), np.float32),
+    )
+
+
+def wall_of(data: bytes) -> float:
+    """When a record's change was applied (time.time()); 0 for a close."""
+    rec = decode(data)
+    if isinstance(rec, Import):
+        return rec.row.last_access
+    return 0.0 if isinstance(rec, Close) else rec.wall
+
+
 def decode(data: bytes | memoryview) -> Record:
     """One journal record."""
     r = _Reader(data)

@@ -34,7 +34,9 @@ from seqserve.core import validation
 from seqserve.core.batcher import Batcher
 from seqserve.core.batchplan import BatchPlan, BatchResult
 from seqserve.core.directory import ID, SLOT, VERSION, DirectoryFactory, Session, SessionDirectory
+from seqserve.core.durability import Durability
 from seqserve.core.errors import FailedPrecondition, Unavailable
+from seqserve.core.journal import LogStore
 from seqserve.core.runtime import LoadedModel, ModelEntry, ModelRegistry
 from seqserve.core.settings import CoreSettings
 from seqserve.core.versions import ModelVersion
@@ -62,6 +64,10 @@ class SessionInfo:
     ttl_seconds: float
 
 
+def _ignore(exc: BaseException) -> None:
+    del exc  # logged by the journal; nothing more to do without a server to stop
+
+
 class SessionManager:
     """Every session of every model version, behind one set of calls."""
 
@@ -73,13 +79,29 @@ class SessionManager:
         *,
         clock: Callable[[], float] = time.monotonic,
         sweep_interval_s: float | None = None,
+        store: LogStore | None = None,
+        on_store_failure: Callable[[BaseException], None] | None = None,
     ) -> None:
         self.registry = registry
         self.settings = settings
         self._clock = clock
         self._max_steps = settings.max_steps_per_request
-        self.versions = [
-            ModelVersion(i, m, settings, clock) for i, m in enumerate(registry.models())
+        self.versions: list[ModelVersion] = []
+        # With a durable store every change is journaled, and answered once durable.
+        self.durability = (
+            None
+            if store is None
+            else Durability(
+                store,
+                self.versions,
+                settings.session_ttl_s,
+                clock,
+                on_store_failure or _ignore,
+            )
+        )
+        journal = None if self.durability is None else self.durability.journal
+        self.versions += [
+            ModelVersion(i, m, settings, clock, journal) for i, m in enumerate(registry.models())
         ]
         self._by_label = {(v.model.name, v.model.version): v for v in self.versions}
         self.directory: SessionDirectory = directory(self.versions, settings, clock)
@@ -95,6 +117,9 @@ class SessionManager:
     async def start(self) -> None:
         if self._phase != "new":
             raise RuntimeError(f"SessionManager.start: expected a new manager, got {self._phase}")
+        if self.durability is not None:  # recovery runs the models itself, before any batcher
+            await self.durability.open(self.directory)
+            self.directory.on_close = self.durability.closed
         for v in self.versions:
             await v.batcher.start()
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="session sweeper")
@@ -113,6 +138,8 @@ class SessionManager:
                 await self._sweeper
             self._sweeper = None
         await asyncio.gather(*(v.batcher.stop(grace_s) for v in self.versions))
+        if self.durability is not None:
+            await self.durability.close()
         self._phase = "stopped"
 
     async def _sweep_forever(self) -> None:
@@ -156,7 +183,10 @@ class SessionManager:
         self, model: str, version: str | None, session_id: str | None, principal: str
     ) -> SessionInfo:
         self._check_running()
-        s = self.directory.create(self.version(model, version), session_id, principal)
+        v = self.version(model, version)
+        s = self.directory.create(v, session_id, principal)
+        if self.durability is not None:
+            self.durability.created(s, v.label)
         return self._info(s)
 
     def info(self, session_id: str, principal: str) -> SessionInfo:
@@ -166,6 +196,8 @@ class SessionManager:
         self._check_running()
         s = self.directory.lookup(session_id, principal)
         self.versions[s[VERSION]].slab.reset(s[SLOT], self._clock())
+        if self.durability is not None:
+            self.durability.reset(session_id)
         return self._info(s)
 
     def close(self, session_id: str, principal: str) -> SessionInfo:
@@ -178,6 +210,15 @@ class SessionManager:
     def sweep(self) -> int:
         """Evict every session idle for longer than the TTL; how many were evicted."""
         return self.directory.sweep()
+
+    async def flushed(self) -> None:
+        """Return once every change made so far is durable (at once without a store).
+
+        Raises Unavailable if the store could not take them.
+        """
+        barrier = None if self.durability is None else self.durability.barrier()
+        if barrier is not None:
+            await asyncio.shield(barrier)
 
     # --- steps ----------------------------------------------------------------------
 

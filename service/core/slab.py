@@ -208,6 +208,34 @@ class Slab(Generic[Owner]):
         self.dirty[slot] = True
         return position
 
+    # --- one slot whole: checkpoints, recovery, export and import --------------------
+
+    def state_of(self, slot: int) -> F32:
+        """The slot's state tensors' values, in spec order, flattened: (S,)."""
+        at = (slot,)
+        return np.concatenate(
+            [a[lead + at].reshape(-1) for lead, a in zip(self._leads, self.states, strict=True)]
+        )
+
+    def load(self, slot: int, state: F32, position: int, last_output: F32, now: float) -> None:
+        """Replace a slot's state (S,) and columns, as a reset does (the epoch changes)."""
+        self._zero(slot)
+        where, at = (slot,), 0
+        for lead, a, s in zip(self._leads, self.states, self.spec.states, strict=True):
+            size = s.per_session_size()
+            a[lead + where] = state[at : at + size].reshape(s.per_session_shape())
+            at += size
+        self.position[slot] = position
+        self.last_output[slot] = last_output
+        self.last_access[slot] = now
+
+    def dirty_slots(self) -> I64:
+        """Slots changed since the last `clean` (free slots included: their owner is None)."""
+        return np.flatnonzero(self.dirty[: self._next]).astype(np.int64)
+
+    def clean(self, slots: I64) -> None:
+        self.dirty[slots] = False
+
     # --- accounting ----------------------------------------------------------
 
     def bytes_per_slot(self) -> int:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from seqserve.core.batcher import Batcher
 from seqserve.core.directory import ID, SLOT, Session
+from seqserve.core.journal import Journal
 from seqserve.core.runtime import LoadedModel
 from seqserve.core.settings import CoreSettings
 from seqserve.core.slab import F32, Slab
@@ -25,7 +26,12 @@ class ModelVersion:
     __slots__ = ("_clock", "batcher", "index", "model", "slab", "spec")
 
     def __init__(
-        self, index: int, model: LoadedModel, settings: CoreSettings, clock: Callable[[], float]
+        self,
+        index: int,
+        model: LoadedModel,
+        settings: CoreSettings,
+        clock: Callable[[], float],
+        journal: Journal | None = None,
     ) -> None:
         self.index = index
         self.model = model
@@ -33,7 +39,7 @@ class ModelVersion:
         self._clock = clock
         # Reserved for the session cap: pages are resident only once used (see slab).
         self.slab: Slab[Session] = Slab(model.spec, reserve=settings.max_sessions)
-        self.batcher: Batcher[Session] = Batcher(model, self.slab, settings, clock)
+        self.batcher: Batcher[Session] = Batcher(model, self.slab, settings, clock, journal)
 
     @property
     def label(self) -> str:

@@ -27,12 +27,14 @@ from seqserve.core.sessions import SessionManager
 from seqserve.grpc.registration import add_inference_servicer
 from seqserve.grpc.servicer import InferenceServicer
 from seqserve.settings import ServerSettings
+from seqserve.store import open_store
 from seqserve.store.memory import MemoryDirectory
 
 log = logging.getLogger("seqserve")
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["Inference"].full_name  # seqserve.v1.Inference
 HEALTH_SERVICES = ("", SERVICE_NAME)
+EXIT_STORE_FAILED = 3  # the exit code of a server whose session store failed
 PENDING_CALLS = 65_536  # calls received and not yet in a handler, before grpc refuses any
 
 
@@ -47,6 +49,8 @@ class Server:
         self._sessions: SessionManager | None = None
         self._servicer: InferenceServicer | None = None
         self._shutdown: asyncio.Task[None] | None = None
+        self.stop_requested = asyncio.Event()  # a signal, or a store that failed
+        self.exit_code = 0
 
     @property
     def sessions(self) -> SessionManager:
@@ -76,7 +80,13 @@ class Server:
         registry = await asyncio.to_thread(
             ModelRegistry.load, settings.repository, settings.ort_threads
         )
-        self._sessions = SessionManager(registry, settings.core(), MemoryDirectory)
+        self._sessions = SessionManager(
+            registry,
+            settings.core(),
+            MemoryDirectory,
+            store=open_store(settings.store),
+            on_store_failure=self._store_failed,
+        )
         await self._sessions.start()
         self._servicer = InferenceServicer(
             self._sessions,
@@ -129,6 +139,13 @@ class Server:
         await server.start()
         return server
 
+    def _store_failed(self, exc: BaseException) -> None:
+        """The session store cannot be written: nothing more can be acknowledged. Stop (exit 3)
+        so that a supervisor restarts the server, which recovers what the store holds."""
+        log.critical("stopping: the session store failed (%s: %s)", type(exc).__name__, exc)
+        self.exit_code = EXIT_STORE_FAILED
+        self.stop_requested.set()
+
     def shutdown(self) -> asyncio.Task[None]:
         """Start the graceful shutdown once; every later call returns the same task."""
         if self._shutdown is None:
@@ -166,17 +183,18 @@ async def running_server(settings: ServerSettings) -> AsyncIterator[Server]:
         await server.shutdown()
 
 
-async def serve(settings: ServerSettings) -> None:
-    """Serve until SIGTERM or SIGINT, then shut down gracefully."""
+async def serve(settings: ServerSettings) -> int:
+    """Serve until SIGTERM or SIGINT (or a failed store), shut down gracefully; the exit code."""
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
+    server = Server(settings)
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)  # before startup: a signal then waits for it
+        # Before startup: a signal during it is then acted on once it is done.
+        loop.add_signal_handler(sig, server.stop_requested.set)
     try:
-        server = Server(settings)
         await server.startup()
-        await stop.wait()
+        await server.stop_requested.wait()
         await server.shutdown()
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+    return server.exit_code

@@ -45,6 +45,7 @@ class MemoryDirectory:
         self._max_sessions = settings.max_sessions
         self._sessions: dict[str, Session] = {}
         self._evicted = 0
+        self.on_close: Callable[[Session], None] | None = None
 
     @property
     def ttl_s(self) -> float:
@@ -146,3 +147,5 @@ class MemoryDirectory:
     def _evict(self, s: Session) -> None:
         del self._sessions[s[ID]]
         self._versions[s[VERSION]].slab.free(s[SLOT])
+        if self.on_close is not None:
+            self.on_close(s)

@@ -26,6 +26,7 @@ DOCUMENTED = {
     "--max-streams": ("SEQSERVE_MAX_STREAMS", 10_000),
     "--grace-period": ("SEQSERVE_GRACE_PERIOD", 10.0),
     "--ort-threads": ("SEQSERVE_ORT_THREADS", 1),
+    "--store": ("SEQSERVE_STORE", "memory"),
     "--log-level": ("SEQSERVE_LOG_LEVEL", "info"),
 }
 
