@@ -167,16 +167,18 @@ class StepResponse(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., request_id: _Optional[int] = ..., time: _Optional[int] = ..., output_size: _Optional[int] = ..., outputs: _Optional[_Iterable[float]] = ..., position: _Optional[int] = ..., error: _Optional[_Union[Status, _Mapping]] = ...) -> None: ...
 
 class BatchStepRequest(_message.Message):
-    __slots__ = ("session_ids", "times", "values", "request_id")
+    __slots__ = ("session_ids", "times", "values", "request_id", "positions")
     SESSION_IDS_FIELD_NUMBER: _ClassVar[int]
     TIMES_FIELD_NUMBER: _ClassVar[int]
     VALUES_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    POSITIONS_FIELD_NUMBER: _ClassVar[int]
     session_ids: _containers.RepeatedScalarFieldContainer[str]
     times: _containers.RepeatedScalarFieldContainer[int]
     values: _containers.RepeatedScalarFieldContainer[float]
     request_id: int
-    def __init__(self, session_ids: _Optional[_Iterable[str]] = ..., times: _Optional[_Iterable[int]] = ..., values: _Optional[_Iterable[float]] = ..., request_id: _Optional[int] = ...) -> None: ...
+    positions: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, session_ids: _Optional[_Iterable[str]] = ..., times: _Optional[_Iterable[int]] = ..., values: _Optional[_Iterable[float]] = ..., request_id: _Optional[int] = ..., positions: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class BatchStepResponse(_message.Message):
     __slots__ = ("request_id", "output_lengths", "outputs", "positions", "errors")
@@ -221,3 +223,73 @@ class ForecastResponse(_message.Message):
     outputs: _containers.RepeatedScalarFieldContainer[float]
     position: int
     def __init__(self, session_id: _Optional[str] = ..., horizon: _Optional[int] = ..., output_size: _Optional[int] = ..., outputs: _Optional[_Iterable[float]] = ..., position: _Optional[int] = ...) -> None: ...
+
+class ExportSessionRequest(_message.Message):
+    __slots__ = ("session_id",)
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
+class ImportSessionRequest(_message.Message):
+    __slots__ = ("state", "session_id")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    state: SessionState
+    session_id: str
+    def __init__(self, state: _Optional[_Union[SessionState, _Mapping]] = ..., session_id: _Optional[str] = ...) -> None: ...
+
+class SessionState(_message.Message):
+    __slots__ = ("format", "session_id", "model", "version", "position", "states", "last_output", "answers", "last_access", "checksum")
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    STATES_FIELD_NUMBER: _ClassVar[int]
+    LAST_OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    ANSWERS_FIELD_NUMBER: _ClassVar[int]
+    LAST_ACCESS_FIELD_NUMBER: _ClassVar[int]
+    CHECKSUM_FIELD_NUMBER: _ClassVar[int]
+    format: str
+    session_id: str
+    model: str
+    version: str
+    position: int
+    states: _containers.RepeatedCompositeFieldContainer[Tensor]
+    last_output: Tensor
+    answers: RetainedAnswers
+    last_access: float
+    checksum: bytes
+    def __init__(self, format: _Optional[str] = ..., session_id: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., position: _Optional[int] = ..., states: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., last_output: _Optional[_Union[Tensor, _Mapping]] = ..., answers: _Optional[_Union[RetainedAnswers, _Mapping]] = ..., last_access: _Optional[float] = ..., checksum: _Optional[bytes] = ...) -> None: ...
+
+class Tensor(_message.Message):
+    __slots__ = ("name", "shape", "data")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    data: bytes
+    def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class RetainedAnswers(_message.Message):
+    __slots__ = ("count", "starts", "digests", "outputs", "long")
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    STARTS_FIELD_NUMBER: _ClassVar[int]
+    DIGESTS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    LONG_FIELD_NUMBER: _ClassVar[int]
+    count: int
+    starts: _containers.RepeatedScalarFieldContainer[int]
+    digests: _containers.RepeatedScalarFieldContainer[int]
+    outputs: Tensor
+    long: _containers.RepeatedCompositeFieldContainer[LongAnswer]
+    def __init__(self, count: _Optional[int] = ..., starts: _Optional[_Iterable[int]] = ..., digests: _Optional[_Iterable[int]] = ..., outputs: _Optional[_Union[Tensor, _Mapping]] = ..., long: _Optional[_Iterable[_Union[LongAnswer, _Mapping]]] = ...) -> None: ...
+
+class LongAnswer(_message.Message):
+    __slots__ = ("ring", "outputs")
+    RING_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    ring: int
+    outputs: Tensor
+    def __init__(self, ring: _Optional[int] = ..., outputs: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...

@@ -84,6 +84,16 @@ class InferenceStub:
                 request_serializer=seqserve_dot_v1_dot_seqserve__pb2.ForecastRequest.SerializeToString,
                 response_deserializer=seqserve_dot_v1_dot_seqserve__pb2.ForecastResponse.FromString,
                 _registered_method=True)
+        self.ExportSession = channel.unary_unary(
+                '/seqserve.v1.Inference/ExportSession',
+                request_serializer=seqserve_dot_v1_dot_seqserve__pb2.ExportSessionRequest.SerializeToString,
+                response_deserializer=seqserve_dot_v1_dot_seqserve__pb2.SessionState.FromString,
+                _registered_method=True)
+        self.ImportSession = channel.unary_unary(
+                '/seqserve.v1.Inference/ImportSession',
+                request_serializer=seqserve_dot_v1_dot_seqserve__pb2.ImportSessionRequest.SerializeToString,
+                response_deserializer=seqserve_dot_v1_dot_seqserve__pb2.SessionInfo.FromString,
+                _registered_method=True)
 
 
 class InferenceServicer:
@@ -162,6 +172,22 @@ class InferenceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportSession(self, request, context):
+        """A session's whole state, self-describing and checksummed: to move it to
+        another deployment, checkpoint a long stream, or look at its tensors.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportSession(self, request, context):
+        """A new session from an export, on the same model version (refused with the
+        expected and received shapes when they differ, or when it is corrupted).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -214,6 +240,16 @@ def add_InferenceServicer_to_server(servicer, server):
                     servicer.Forecast,
                     request_deserializer=seqserve_dot_v1_dot_seqserve__pb2.ForecastRequest.FromString,
                     response_serializer=seqserve_dot_v1_dot_seqserve__pb2.ForecastResponse.SerializeToString,
+            ),
+            'ExportSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportSession,
+                    request_deserializer=seqserve_dot_v1_dot_seqserve__pb2.ExportSessionRequest.FromString,
+                    response_serializer=seqserve_dot_v1_dot_seqserve__pb2.SessionState.SerializeToString,
+            ),
+            'ImportSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportSession,
+                    request_deserializer=seqserve_dot_v1_dot_seqserve__pb2.ImportSessionRequest.FromString,
+                    response_serializer=seqserve_dot_v1_dot_seqserve__pb2.SessionInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -486,6 +522,60 @@ class Inference:
             '/seqserve.v1.Inference/Forecast',
             seqserve_dot_v1_dot_seqserve__pb2.ForecastRequest.SerializeToString,
             seqserve_dot_v1_dot_seqserve__pb2.ForecastResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/seqserve.v1.Inference/ExportSession',
+            seqserve_dot_v1_dot_seqserve__pb2.ExportSessionRequest.SerializeToString,
+            seqserve_dot_v1_dot_seqserve__pb2.SessionState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/seqserve.v1.Inference/ImportSession',
+            seqserve_dot_v1_dot_seqserve__pb2.ImportSessionRequest.SerializeToString,
+            seqserve_dot_v1_dot_seqserve__pb2.SessionInfo.FromString,
             options,
             channel_credentials,
             insecure,

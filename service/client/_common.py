@@ -29,6 +29,11 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
     return [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
+        # Reconnect to a restarted server within moments (grpc's default backoff starts
+        # at 1 s and grows to 2 minutes): steps in flight are resent once it is back.
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 2000),
     ]
 
 
@@ -128,6 +133,16 @@ def as_steps(values: ArrayLike) -> tuple[F32, int]:
         raise ValueError(f"steps: expected (F,) or (T, F) values, got shape {x.shape}")
     time = x.shape[0] if x.ndim == 2 else 1
     return x.ravel(), time  # (T * F,)
+
+
+def steps_in(values: ArrayLike, input_size: int) -> tuple[F32, int]:
+    """Flatten steps for a model of `input_size` inputs: (values (T * F,), T).
+
+    T is what the server will count (a value count that is not a multiple of
+    F is refused there, and T here is then never used).
+    """
+    flat, _ = as_steps(values)
+    return flat, len(flat) // input_size
 
 
 def outputs_of(values: Any, time: int, output_size: int) -> F32:
@@ -261,14 +276,34 @@ class BatchResult:
     errors: dict[str, SeqServeClientError] = field(default_factory=dict)
 
 
-def batch_request(steps: Mapping[str, ArrayLike], request_id: int = 0) -> pb.BatchStepRequest:
+def batch_request(
+    steps: Mapping[str, ArrayLike],
+    request_id: int = 0,
+    positions: Mapping[str, int] | None = None,
+) -> pb.BatchStepRequest:
     """Columnar request: ids, times and every item's values concatenated."""
     ids = list(steps)
     flats, times = zip(*(as_steps(steps[sid]) for sid in ids), strict=True) if ids else ((), ())
     values = np.concatenate(flats) if flats else np.empty(0, np.float32)  # (sum T_i * F,)
+    if positions is not None and set(positions) != set(ids):
+        raise ValueError("batch_step: expected a position for every session or none")
     return pb.BatchStepRequest(
-        session_ids=ids, times=list(times), values=values.tolist(), request_id=request_id
+        session_ids=ids,
+        times=list(times),
+        values=values.tolist(),
+        request_id=request_id,
+        positions=[positions[sid] for sid in ids] if positions is not None else [],
     )
+
+
+def import_request(state: bytes, session_id: str | None) -> pb.ImportSessionRequest:
+    try:
+        parsed = pb.SessionState.FromString(state)
+    except Exception as exc:  # DecodeError: not a SessionState at all
+        raise InvalidArgumentError(
+            f"expected a serialized SessionState, got {len(state)} bytes that do not parse ({exc})"
+        ) from None
+    return pb.ImportSessionRequest(state=parsed, session_id=session_id or "")
 
 
 def batch_result(request: pb.BatchStepRequest, response: pb.BatchStepResponse) -> BatchResult:

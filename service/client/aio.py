@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import contextlib
+import itertools
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Iterable, Mapping
 from types import TracebackType
 from typing import TypeVar
@@ -21,15 +24,19 @@ from seqserve.client._common import (
     NotFoundError,
     SessionInfo,
     StreamResult,
+    UnavailableError,
     batch_request,
     batch_result,
     channel_options,
     create_request,
     forecast_outputs,
     from_rpc_error,
+    import_request,
     step_outputs,
     step_request,
+    steps_in,
 )
+from seqserve.client.retry import RETAINED, RetryPolicy
 
 _T = TypeVar("_T")
 StepItem = tuple[str, ArrayLike]
@@ -65,9 +72,11 @@ class AsyncClient:
         *,
         timeout: float | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        retry: RetryPolicy = RetryPolicy(),  # noqa: B008 (frozen: one value shared)
     ) -> None:
         self.target = target
         self.timeout = timeout
+        self.retry = retry  # how AsyncSession handles retry their steps (NO_RETRY: never)
         self._channel = grpc.aio.insecure_channel(
             target, options=channel_options(max_message_bytes)
         )
@@ -122,7 +131,8 @@ class AsyncClient:
         self, model: str, version: str | None = None, session_id: str | None = None
     ) -> AsyncIterator[AsyncSession]:
         """`async with client.session("m") as s:` creates a session and closes it on exit."""
-        s = AsyncSession(self, await self.create_session(model, version, session_id))
+        info = await self.create_session(model, version, session_id)
+        s = AsyncSession(self, info, (await self.model_info(info.model, info.version)).input_size)
         try:
             yield s
         finally:
@@ -153,10 +163,23 @@ class AsyncClient:
         finally:
             call.cancel()
 
-    async def batch_step(self, steps: Mapping[str, ArrayLike]) -> BatchResult:
-        request = batch_request(steps)
+    async def batch_step(
+        self, steps: Mapping[str, ArrayLike], positions: Mapping[str, int] | None = None
+    ) -> BatchResult:
+        request = batch_request(steps, positions=positions)
         return batch_result(
             request, await _call(self._stub.BatchStep(request, timeout=self.timeout))
+        )
+
+    async def export_session(self, session_id: str) -> bytes:
+        request = pb.ExportSessionRequest(session_id=session_id)
+        state = await _call(self._stub.ExportSession(request, timeout=self.timeout))
+        return bytes(state.SerializeToString())
+
+    async def import_session(self, state: bytes, session_id: str | None = None) -> SessionInfo:
+        request = import_request(state, session_id)
+        return SessionInfo.from_pb(
+            await _call(self._stub.ImportSession(request, timeout=self.timeout))
         )
 
     async def forecast(self, session_id: str, horizon: int) -> F32:
@@ -166,42 +189,104 @@ class AsyncClient:
 
 
 class AsyncSession:
-    def __init__(self, client: AsyncClient, info: SessionInfo) -> None:
+    """The asyncio twin of `Session`: it tracks the position and retries steps exactly once."""
+
+    def __init__(self, client: AsyncClient, info: SessionInfo, input_size: int) -> None:
         self.client = client
         self.id = info.session_id
         self.model = info.model
         self.version = info.version
+        self.input_size = input_size
+        self.position = info.position
 
     async def step(self, values: ArrayLike, position: int | None = None) -> F32:
-        return await self.client.step(self.id, values, position)
+        at = self.position if position is None else position
+        _, steps = steps_in(values, self.input_size)
+        for delay in itertools.chain(self.client.retry.delays(), [None]):
+            try:
+                outputs = await self.client.step(self.id, values, at)
+                break
+            except UnavailableError:
+                if delay is None:
+                    raise
+                await asyncio.sleep(delay)
+        self.position = at + steps
+        return outputs
 
     async def stream(
         self, steps: Iterable[ArrayLike] | AsyncIterable[ArrayLike]
     ) -> AsyncIterator[F32]:
-        """Pipelined steps over one stream: yields each chunk's outputs (T, O) in order."""
+        """Pipelined steps over one stream: yields each chunk's outputs (T, O) in order.
 
-        async def items() -> AsyncIterator[StepItem]:
-            async for values in _aiter(steps):
-                yield self.id, values
+        As `Session.stream`: at most RETAINED in flight, resent after a break.
+        """
+        source = _aiter(steps).__aiter__()
+        pending: collections.deque[tuple[int, pb.StepRequest]] = collections.deque()
+        room = asyncio.Condition()
+        state = {"next": self.position, "done": False}
 
-        results = self.client.step_stream(items())
-        try:
-            async for result in results:
-                if result.error is not None:
-                    raise result.error
-                assert result.outputs is not None
-                yield result.outputs
-        finally:
-            await results.aclose()  # type: ignore[attr-defined]
+        async def requests(resend: list[pb.StepRequest]) -> AsyncIterator[pb.StepRequest]:
+            for request in resend:
+                yield request
+            while True:
+                async with room:
+                    await room.wait_for(lambda: len(pending) < RETAINED)
+                try:
+                    values = await source.__anext__()
+                except StopAsyncIteration:
+                    state["done"] = True
+                    return
+                flat, t = steps_in(values, self.input_size)
+                at = int(state["next"])
+                state["next"] = at + t
+                request = pb.StepRequest(
+                    session_id=self.id, values=flat.tolist(), request_id=at, position=at
+                )
+                pending.append((at + t, request))
+                yield request
+
+        for delay in itertools.chain(self.client.retry.delays(), [None]):
+            call = self.client._stub.StepStream(requests([r for _, r in pending]))
+            try:
+                async for response in call:
+                    outputs = step_outputs(response)  # raises in-band errors
+                    async with room:
+                        after, request = pending.popleft()
+                        room.notify_all()
+                    assert response.request_id == request.request_id
+                    self.position = after
+                    yield outputs
+                    if state["done"] and not pending:
+                        return
+                if state["done"] and not pending:
+                    return
+                raise UnavailableError("the stream ended with steps unanswered")
+            except grpc.RpcError as exc:
+                err = from_rpc_error(exc)
+                if not isinstance(err, UnavailableError) or delay is None:
+                    raise err from None
+            except UnavailableError:
+                if delay is None:
+                    raise
+            finally:
+                call.cancel()
+            await asyncio.sleep(delay)
 
     async def forecast(self, horizon: int) -> F32:
         return await self.client.forecast(self.id, horizon)
 
     async def info(self) -> SessionInfo:
-        return await self.client.get_session(self.id)
+        info = await self.client.get_session(self.id)
+        self.position = info.position
+        return info
 
     async def reset(self) -> SessionInfo:
-        return await self.client.reset_session(self.id)
+        info = await self.client.reset_session(self.id)
+        self.position = info.position
+        return info
+
+    async def export(self) -> bytes:
+        return await self.client.export_session(self.id)
 
     async def close(self) -> int:
         return await self.client.close_session(self.id)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import itertools
+import threading
+import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import TypeVar
@@ -29,9 +32,12 @@ from seqserve.client._common import (
     create_request,
     forecast_outputs,
     from_rpc_error,
+    import_request,
     step_outputs,
     step_request,
+    steps_in,
 )
+from seqserve.client.retry import RETAINED, RetryPolicy
 
 _T = TypeVar("_T")
 
@@ -57,9 +63,11 @@ class Client:
         *,
         timeout: float | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        retry: RetryPolicy = RetryPolicy(),  # noqa: B008 (frozen: one value shared)
     ) -> None:
         self.target = target
         self.timeout = timeout  # per unary call; streams are not bounded
+        self.retry = retry  # how Session handles retry their steps (NO_RETRY: never)
         self._channel = grpc.insecure_channel(target, options=channel_options(max_message_bytes))
         self._stub = pb_grpc.InferenceStub(self._channel)  # type: ignore[no-untyped-call]
 
@@ -125,7 +133,8 @@ class Client:
         self, model: str, version: str | None = None, session_id: str | None = None
     ) -> Session:
         """Create a session; use it in a `with` block to close it on exit."""
-        return Session(self, self.create_session(model, version, session_id))
+        info = self.create_session(model, version, session_id)
+        return Session(self, info, self.model_info(info.model, info.version).input_size)
 
     # -- steps -----------------------------------------------------------------------------------
 
@@ -154,11 +163,30 @@ class Client:
         finally:
             responses.cancel()
 
-    def batch_step(self, steps: Mapping[str, ArrayLike]) -> BatchResult:
-        """The gateway path: {session_id: (F,) or (T, F) values} in one call."""
-        request = batch_request(steps)
+    def batch_step(
+        self, steps: Mapping[str, ArrayLike], positions: Mapping[str, int] | None = None
+    ) -> BatchResult:
+        """The gateway path: {session_id: (F,) or (T, F) values} in one call.
+
+        `positions` ({session_id: position}, for every session or none) makes each
+        item exactly-once: a batch resent after a lost answer is answered again.
+        """
+        request = batch_request(steps, positions=positions)
         return batch_result(
             request, _call(lambda: self._stub.BatchStep(request, timeout=self.timeout))
+        )
+
+    def export_session(self, session_id: str) -> bytes:
+        """A session's whole state, checksummed: a serialized seqserve.v1.SessionState."""
+        request = pb.ExportSessionRequest(session_id=session_id)
+        state = _call(lambda: self._stub.ExportSession(request, timeout=self.timeout))
+        return bytes(state.SerializeToString())
+
+    def import_session(self, state: bytes, session_id: str | None = None) -> SessionInfo:
+        """A new session from `export_session`'s bytes (its id, unless `session_id` is given)."""
+        request = import_request(state, session_id)
+        return SessionInfo.from_pb(
+            _call(lambda: self._stub.ImportSession(request, timeout=self.timeout))
         )
 
     def forecast(self, session_id: str, horizon: int) -> F32:
@@ -169,13 +197,20 @@ class Client:
 
 
 class Session:
-    """A server-side session: its recurrent state lives on the server."""
+    """A server-side session: its recurrent state lives on the server.
 
-    def __init__(self, client: Client, info: SessionInfo) -> None:
+    The handle tracks the session's position and sends it with every step,
+    so a step that fails with UNAVAILABLE, or whose stream breaks, is sent
+    again (seqserve.client.retry) and applied exactly once.
+    """
+
+    def __init__(self, client: Client, info: SessionInfo, input_size: int) -> None:
         self.client = client
         self.id = info.session_id
         self.model = info.model
         self.version = info.version
+        self.input_size = input_size
+        self.position = info.position  # steps applied, as far as this handle knows
         self._closed = False
 
     def __enter__(self) -> Session:
@@ -189,32 +224,145 @@ class Session:
                 self.close()
 
     def step(self, values: ArrayLike, position: int | None = None) -> F32:
-        """values (F,) or (T, F) -> outputs (T, O)."""
-        return self.client.step(self.id, values, position)
+        """values (F,) or (T, F) -> outputs (T, O), at `position` (default: the handle's)."""
+        at = self.position if position is None else position
+        _, steps = steps_in(values, self.input_size)
+        for delay in itertools.chain(self.client.retry.delays(), [None]):
+            try:
+                outputs = self.client.step(self.id, values, at)
+                break
+            except UnavailableError:
+                if delay is None:
+                    raise
+                time.sleep(delay)
+        self.position = at + steps
+        return outputs
 
     def stream(self, steps: Iterable[ArrayLike]) -> Iterator[F32]:
         """Pipelined steps over one stream: yields each chunk's outputs (T, O) in order.
 
-        A failed step raises its typed error; the steps before it were applied.
+        At most RETAINED steps are in flight. A broken stream (or a step
+        answered UNAVAILABLE) is opened again and its unanswered steps sent
+        again with their positions; another failure raises its typed error,
+        the steps before it applied.
         """
-        results = self.client.step_stream((self.id, values) for values in steps)
-        with contextlib.closing(results):  # cancels the call when the caller stops early
-            for counter, result in zip(itertools.count(), results, strict=False):
-                if result.error is not None:
-                    raise result.error
-                assert result.request_id == counter and result.outputs is not None
-                yield result.outputs
+        window = _Window(self.id, self.input_size, iter(steps), self.position)
+        with contextlib.closing(window):
+            for delay in itertools.chain(self.client.retry.delays(), [None]):
+                try:
+                    yield from self._attempt(window)
+                    return
+                except UnavailableError:
+                    if delay is None:
+                        raise
+                    time.sleep(delay)
+
+    def _attempt(self, window: _Window) -> Iterator[F32]:
+        responses = self.client._stub.StepStream(window.requests())
+        try:
+            for response in responses:
+                outputs, position = window.answered(response)
+                self.position = position
+                yield outputs
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+        finally:
+            responses.cancel()
+            window.broken()
 
     def forecast(self, horizon: int) -> F32:
         return self.client.forecast(self.id, horizon)
 
     def info(self) -> SessionInfo:
-        return self.client.get_session(self.id)
+        info = self.client.get_session(self.id)
+        self.position = info.position
+        return info
 
     def reset(self) -> SessionInfo:
-        return self.client.reset_session(self.id)
+        info = self.client.reset_session(self.id)
+        self.position = info.position
+        return info
+
+    def export(self) -> bytes:
+        """The session's whole state, checksummed (a serialized seqserve.v1.SessionState)."""
+        return self.client.export_session(self.id)
 
     def close(self) -> int:
         position = self.client.close_session(self.id)
         self._closed = True
         return position
+
+
+class _Window:
+    """The steps of one Session.stream: the unanswered ones, resent after a break.
+
+    The request iterator runs in grpc's thread and the answers are read in
+    the caller's; a condition variable keeps at most RETAINED in flight.
+    """
+
+    def __init__(
+        self, session_id: str, input_size: int, source: Iterator[ArrayLike], position: int
+    ) -> None:
+        self.session_id = session_id
+        self.input_size = input_size
+        self.source = source
+        self.next_position = position  # where the next new step starts
+        self.pending: collections.deque[tuple[int, pb.StepRequest]] = collections.deque()
+        self.cond = threading.Condition()
+        self.attempt = 0  # bumped when a stream breaks: its request iterator stops
+        self.done = False  # the source is exhausted
+        self.carried: ArrayLike | None = None  # taken from the source, not yet sent
+
+    def requests(self) -> Iterator[pb.StepRequest]:
+        with self.cond:
+            attempt = self.attempt
+            resend = [request for _, request in self.pending]
+        yield from resend  # answered again if they were applied, applied if not
+        while True:
+            with self.cond:
+                while len(self.pending) >= RETAINED and self.attempt == attempt:
+                    self.cond.wait()
+                if self.attempt != attempt or self.done:
+                    return
+            if self.carried is not None:
+                values, self.carried = self.carried, None
+            else:
+                try:
+                    values = next(self.source)
+                except StopIteration:
+                    with self.cond:
+                        self.done = True
+                        self.cond.notify_all()
+                    return
+            flat, t = steps_in(values, self.input_size)
+            with self.cond:
+                if self.attempt != attempt:
+                    self.carried = values  # broken meanwhile: it goes with the next attempt
+                    return
+                position = self.next_position
+                self.next_position += t
+                request = pb.StepRequest(
+                    session_id=self.session_id,
+                    values=flat.tolist(),
+                    request_id=position,
+                    position=position,
+                )
+                self.pending.append((position + t, request))
+            yield request
+
+    def answered(self, response: pb.StepResponse) -> tuple[F32, int]:
+        """The outputs of the oldest step in flight, and the position after it."""
+        outputs = step_outputs(response)  # raises an in-band error, UNAVAILABLE included
+        with self.cond:
+            after, request = self.pending.popleft()
+            assert response.request_id == request.request_id, (response, request)
+            self.cond.notify_all()
+        return outputs, after
+
+    def broken(self) -> None:
+        with self.cond:
+            self.attempt += 1
+            self.cond.notify_all()
+
+    def close(self) -> None:
+        self.broken()

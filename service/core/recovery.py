@@ -125,8 +125,8 @@ class _Replay:
             s = self.directory.get(sid)
             if s is None:
                 if sid in self.out.dormant:  # kept with the session, for when its model returns
-                    one = records.steps(rec.wall, [sid], rec.starts[i : i + 1], rec.x[i : i + 1],
-                                        rec.y[i : i + 1])  # fmt: skip
+                    item = slice(i, i + 1)
+                    one = records.steps(rec.wall, [sid], rec.starts[item], rec.x[item], rec.y[item])
                     self.out.dormant[sid].pending.append(one)
                 continue
             v = self.versions[s[VERSION]]

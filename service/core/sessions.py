@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy.typing as npt
 
-from seqserve.core import validation
+from seqserve.core import snapshots, validation
 from seqserve.core.batcher import Batcher
 from seqserve.core.batchplan import BatchPlan, BatchResult
 from seqserve.core.directory import ID, SLOT, VERSION, DirectoryFactory, Session, SessionDirectory
@@ -39,6 +39,7 @@ from seqserve.core.errors import FailedPrecondition, Unavailable
 from seqserve.core.journal import LogStore
 from seqserve.core.runtime import LoadedModel, ModelEntry, ModelRegistry
 from seqserve.core.settings import CoreSettings
+from seqserve.core.snapshots import SessionExport
 from seqserve.core.versions import ModelVersion
 from seqserve.core.work import ForecastResult, Reply, StepResult
 
@@ -206,6 +207,30 @@ class SessionManager:
         info = self._info(s)
         self.directory.close(s)
         return info
+
+    async def export(self, session_id: str, principal: str) -> SessionExport:
+        """A session's whole state, as it is once everything applied to it is durable."""
+        self._check_running()
+        self.directory.lookup(session_id, principal)
+        await self.flushed()
+        s = self.directory.lookup(session_id, principal)  # still there after the wait?
+        version = self.versions[s[VERSION]]
+        return snapshots.export(version, snapshots.snapshot(version, s, self._clock(), time.time()))
+
+    def import_session(
+        self, state: SessionExport, principal: str, session_id: str | None = None
+    ) -> SessionInfo:
+        """A new session from an export (the caller owns it); its idle time starts now."""
+        self._check_running()
+        version = self.version(state.model, state.version)
+        row = snapshots.imported(version, state)  # checksum and shapes
+        sid = session_id or state.session_id
+        s = self.directory.create(version, sid, principal)
+        row.session_id, row.principal, row.last_access = sid, principal, time.time()
+        snapshots.install(version, s[SLOT], row, self._clock(), row.last_access)
+        if self.durability is not None:
+            self.durability.imported(row)
+        return self._info(s)
 
     def sweep(self) -> int:
         """Evict every session idle for longer than the TTL; how many were evicted."""

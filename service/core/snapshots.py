@@ -7,10 +7,15 @@ session's idle time from its real last step.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+from dataclasses import dataclass
+
 import numpy as np
 
 from seqserve.core.directory import ID, PRINCIPAL, SLOT, Session
-from seqserve.core.records import F32, SessionRow
+from seqserve.core.errors import InvalidArgument
+from seqserve.core.records import F32, I64, U64, SessionRow, encode_row
 from seqserve.core.versions import ModelVersion
 
 
@@ -78,4 +83,114 @@ def check_shapes(version: ModelVersion, row: SessionRow) -> str | None:
     return None
 
 
-__all__ = ["F32", "check_shapes", "empty_row", "install", "snapshot"]
+# --- export and import: a session's state, self-describing ----------------------------------
+
+EXPORT_FORMAT = "seqserve.session/v1"
+
+
+@dataclass
+class SessionExport:
+    """One session's whole state in named, shaped tensors (ExportSession's answer)."""
+
+    session_id: str
+    model: str
+    version: str
+    position: int
+    states: list[tuple[str, tuple[int, ...], F32]]  # (input name, per-session shape, values)
+    last_output: F32  # (O,)
+    count: int
+    starts: I64  # (R,) plus one; 0: none
+    digests: U64  # (R,)
+    outputs: F32  # (R, O)
+    long: dict[int, F32]  # ring index -> (T, O)
+    last_access: float  # unix seconds
+    checksum: bytes = b""
+
+
+def export(version: ModelVersion, row: SessionRow) -> SessionExport:
+    """A row as named tensors, with the checksum of its canonical encoding."""
+    states, at = [], 0
+    for s in version.spec.states:
+        size = s.per_session_size()
+        values = row.state[at : at + size].reshape(s.per_session_shape())
+        states.append((s.input, s.per_session_shape(), values))
+        at += size
+    out = SessionExport(
+        row.session_id,
+        version.model.name,
+        version.model.version,
+        row.position,
+        states,
+        row.last_output,
+        row.count,
+        row.starts,
+        row.digests,
+        row.outputs,
+        row.long,
+        row.last_access,
+    )
+    out.checksum = checksum(out)
+    return out
+
+
+def checksum(e: SessionExport) -> bytes:
+    """SHA-256 of an export's content in a canonical encoding (the session row's bytes)."""
+    flat = np.concatenate([v.reshape(-1) for _, _, v in e.states]) if e.states else np.zeros(0)
+    row = SessionRow(
+        e.session_id,
+        "",
+        f"{e.model}/{e.version}",
+        e.position,
+        e.last_access,
+        flat.astype(np.float32),
+        e.last_output,
+        e.count,
+        e.starts,
+        e.digests,
+        e.outputs,
+        e.long,
+    )
+    names = "\n".join(f"{name}{list(shape)}" for name, shape, _ in e.states)
+    return hashlib.sha256(EXPORT_FORMAT.encode() + names.encode() + encode_row(row)).digest()
+
+
+def imported(version: ModelVersion, e: SessionExport) -> SessionRow:
+    """The row of an export for `version`, or InvalidArgument saying what does not fit."""
+    if not hmac.compare_digest(checksum(e), e.checksum):
+        raise InvalidArgument("the session state's checksum does not match: it is corrupted")
+    spec = version.spec
+    want = [(s.input, s.per_session_shape()) for s in spec.states]
+    got = [(name, tuple(shape)) for name, shape, _ in e.states]
+    if got != want:
+        raise InvalidArgument(
+            f"model {version.label}: expected state tensors "
+            f"{', '.join(f'{n} {list(sh)}' for n, sh in want)}, got "
+            f"{', '.join(f'{n} {list(sh)}' for n, sh in got) or 'none'}"
+        )
+    o = spec.output_size
+    if e.last_output.shape != (o,) or e.outputs.shape[1:] != (o,):
+        raise InvalidArgument(
+            f"model {version.label}: expected outputs of size {o}, got {list(e.last_output.shape)}"
+        )
+    for ring, answer in e.long.items():
+        if answer.ndim != 2 or answer.shape[1] != o or not 0 <= ring < len(e.starts):
+            raise InvalidArgument(
+                f"retained answer {ring}: expected [T, {o}], got {list(answer.shape)}"
+            )
+    flat = np.concatenate([v.reshape(-1) for _, _, v in e.states]).astype(np.float32)
+    if not (np.isfinite(flat).all() and np.isfinite(e.last_output).all()):
+        raise InvalidArgument("expected finite state values, got NaN or Inf")
+    return SessionRow(
+        e.session_id,
+        "",
+        version.label,
+        e.position,
+        e.last_access,
+        flat,
+        e.last_output.astype(np.float32),
+        e.count,
+        e.starts.astype(np.int64),
+        e.digests.astype(np.uint64),
+        e.outputs.astype(np.float32),
+        dict(e.long),
+    )

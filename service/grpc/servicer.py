@@ -26,7 +26,7 @@ from seqserve.core import errors
 from seqserve.core.batchplan import BatchPlan
 from seqserve.core.pipeline import StepPipeline
 from seqserve.core.sessions import SessionInfo, SessionManager
-from seqserve.grpc import batches
+from seqserve.grpc import batches, sessionstate
 from seqserve.grpc.status import to_status
 from seqserve.grpc.streams import serve_stream, step_response
 
@@ -167,6 +167,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         info = self._sessions.create(
             request.model, request.version or None, request.session_id or None, principal
         )
+        await self._sessions.flushed()  # answered once the store holds it
         return _session_pb(info)
 
     @_unary
@@ -175,13 +176,16 @@ class InferenceServicer(pb_grpc.InferenceServicer):
 
     @_unary
     async def ResetSession(self, request: pb.ResetSessionRequest, principal: str) -> pb.SessionInfo:
-        return _session_pb(self._sessions.reset(request.session_id, principal))
+        info = self._sessions.reset(request.session_id, principal)
+        await self._sessions.flushed()
+        return _session_pb(info)
 
     @_unary
     async def CloseSession(
         self, request: pb.CloseSessionRequest, principal: str
     ) -> pb.CloseSessionResponse:
         info = self._sessions.close(request.session_id, principal)
+        await self._sessions.flushed()
         return pb.CloseSessionResponse(session_id=info.session_id, position=info.position)
 
     # -- steps -----------------------------------------------------------------------------------
@@ -234,8 +238,9 @@ class InferenceServicer(pb_grpc.InferenceServicer):
     async def BatchStep(self, request: pb.BatchStepRequest, principal: str) -> pb.BatchStepResponse:
         values = np.asarray(request.values, dtype=np.float32)  # concatenated items' steps
         times = list(request.times) if request.times else None
+        positions = list(request.positions) if request.positions else None
         result = await self._sessions.step_batch(
-            list(request.session_ids), times, values, principal, self._admit_batch
+            list(request.session_ids), times, values, principal, self._admit_batch, positions
         )
         return batches.encode(request.request_id, result, self._max_message_bytes)
 
@@ -260,3 +265,20 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             outputs=result.outputs.ravel().tolist(),
             position=result.position,
         )
+
+    # -- moving sessions -------------------------------------------------------------------------
+
+    @_unary
+    async def ExportSession(
+        self, request: pb.ExportSessionRequest, principal: str
+    ) -> pb.SessionState:
+        return sessionstate.to_pb(await self._sessions.export(request.session_id, principal))
+
+    @_unary
+    async def ImportSession(
+        self, request: pb.ImportSessionRequest, principal: str
+    ) -> pb.SessionInfo:
+        state = sessionstate.from_pb(request.state)
+        info = self._sessions.import_session(state, principal, request.session_id or None)
+        await self._sessions.flushed()
+        return _session_pb(info)

@@ -144,7 +144,7 @@ class RedisStore:
 
     async def truncate(self, upto: int) -> None:
         pipe = self._client.pipeline(transaction=True)
-        pipe.xtrim(self._key("log"), minid=f"{upto + 1}-0")
+        pipe.xtrim(self._key("log"), minid=f"{upto + 1}-0", approximate=False)
         pipe.hset(self._key("meta"), "checkpoint", str(upto))
         await pipe.execute()
 

@@ -22,9 +22,11 @@ from seqserve.core.journal import StoreError
 from seqserve.core.runtime import ModelRegistry
 from seqserve.core.sessions import SessionManager
 from seqserve.core.settings import CoreSettings
+from seqserve.store import open_store
 from seqserve.store.memory import MemoryDirectory
 from seqserve.store.sqlite import SqliteStore
 from tests.core.conftest import PRINCIPAL, FakeClock
+from tests.store.conftest import RedisServer
 from tests.support import ModelZoo, torch_reference
 
 ATOL = 1e-5
@@ -35,14 +37,22 @@ def walk(n: int, features: int, seed: int) -> np.ndarray:
     return np.cumsum(rng.normal(0, 0.3, (n, features)), axis=0).astype(np.float32)
 
 
+@pytest.fixture(params=["sqlite", "redis"])
+def spec(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A store, for the tests that every store must pass."""
+    if request.param == "sqlite":
+        return f"sqlite:{tmp_path / 'sessions.db'}"
+    server: RedisServer = request.getfixturevalue("redis_server")
+    return server.url
+
+
 @asynccontextmanager
 async def serving(
-    registry: ModelRegistry, path: Path, *, crash: bool = False, **settings: float
+    registry: ModelRegistry, where: Path | str, *, crash: bool = False, **settings: float
 ) -> AsyncIterator[SessionManager]:
-    """A manager on the SQLite store at `path`; `crash`: end without the last checkpoint."""
-    m = SessionManager(
-        registry, CoreSettings(**settings), MemoryDirectory, store=SqliteStore(f"sqlite:{path}")
-    )
+    """A manager on a store (a SQLite file's path, or a spec); `crash`: no last checkpoint."""
+    spec = f"sqlite:{where}" if isinstance(where, Path) else where
+    m = SessionManager(registry, CoreSettings(**settings), MemoryDirectory, store=open_store(spec))
     await m.start()
     try:
         yield m
@@ -58,9 +68,9 @@ async def serving(
 
 @pytest.mark.parametrize("crash", [False, True], ids=["restart", "crash"])
 def test_sessions_continue_after_a_restart_as_if_never_stopped(
-    registry: ModelRegistry, zoo: ModelZoo, tmp_path: Path, crash: bool
+    registry: ModelRegistry, zoo: ModelZoo, spec: str, crash: bool
 ) -> None:
-    path = tmp_path / "sessions.db"
+    path = spec
     lstm, gru = walk(30, 1, seed=1), walk(30, 2, seed=2)
 
     async def main() -> None:
@@ -110,9 +120,9 @@ def test_sessions_continue_after_a_restart_as_if_never_stopped(
 
 
 def test_a_batch_round_is_one_record_and_replays_whole(
-    registry: ModelRegistry, zoo: ModelZoo, tmp_path: Path
+    registry: ModelRegistry, zoo: ModelZoo, spec: str
 ) -> None:
-    path = tmp_path / "sessions.db"
+    path = spec
     xs = [walk(8, 2, seed=10 + i) for i in range(40)]
 
     async def main() -> None:
@@ -177,9 +187,9 @@ def test_a_store_file_serves_one_server_at_a_time(registry: ModelRegistry, tmp_p
 
 
 def test_sessions_of_a_model_no_longer_served_are_kept_until_it_returns(
-    registry: ModelRegistry, zoo: ModelZoo, tmp_path: Path
+    registry: ModelRegistry, zoo: ModelZoo, spec: str
 ) -> None:
-    path = tmp_path / "sessions.db"
+    path = spec
     x = walk(12, 1, seed=5)
     lstm_only = ModelRegistry([registry.get("lstm-ar")])
     rnn_only = ModelRegistry([registry.get("rnn-ar")])
