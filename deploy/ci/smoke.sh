@@ -124,8 +124,8 @@ make_base() {
 }
 
 download_wheels() {
-    # What `pip install .` needs inside the build: the runtime dependencies
-    # (read from pyproject.toml), dumb-init (version from the Dockerfile) and
+    # What `pip install .[redis]` needs inside the build: the runtime dependencies
+    # and the redis extra (read from pyproject.toml), dumb-init (version from the Dockerfile) and
     # the build backend, as cp311 manylinux wheels for the base's glibc (2.36).
     # pip expands only the legacy manylinux2014 tag to older ones, so the
     # glibc versions are listed.
@@ -137,7 +137,8 @@ download_wheels() {
 import tomllib
 with open("pyproject.toml", "rb") as f:
     project = tomllib.load(f)
-print("\n".join(project["project"]["dependencies"] + project["build-system"]["requires"]))')
+deps = project["project"]["dependencies"] + project["project"]["optional-dependencies"]["redis"]
+print("\n".join(deps + project["build-system"]["requires"]))')
     rm -rf "$WORK/wheels"
     "$PYTHON" -m pip download --quiet --dest "$WORK/wheels" --only-binary=:all: \
         "${platforms[@]}" --python-version 3.11 --implementation cp \

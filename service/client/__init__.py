@@ -31,9 +31,11 @@ from seqserve.client._common import (
     UnavailableError,
 )
 from seqserve.client.aio import AsyncClient, AsyncSession
+from seqserve.client.retry import NO_RETRY, RetryPolicy
 from seqserve.client.sync import Client, Session
 
 __all__ = [
+    "NO_RETRY",
     "AlreadyExistsError",
     "AsyncClient",
     "AsyncSession",
@@ -48,6 +50,7 @@ __all__ = [
     "ModelVersions",
     "NotFoundError",
     "ResourceExhaustedError",
+    "RetryPolicy",
     "SeqServeClientError",
     "Session",
     "SessionInfo",

@@ -6,7 +6,7 @@ import asyncio
 import collections
 import contextlib
 import itertools
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Iterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import TypeVar
 
@@ -19,6 +19,7 @@ from seqserve.client._common import (
     F32,
     ArrayLike,
     BatchResult,
+    FailedPreconditionError,
     ModelInfo,
     ModelVersions,
     NotFoundError,
@@ -198,17 +199,25 @@ class AsyncSession:
         self.version = info.version
         self.input_size = input_size
         self.position = info.position
+        self.retries = 0  # steps sent again after UNAVAILABLE or a broken stream
 
     async def step(self, values: ArrayLike, position: int | None = None) -> F32:
         at = self.position if position is None else position
         _, steps = steps_in(values, self.input_size)
+        first = True
         for delay in itertools.chain(self.client.retry.delays(), [None]):
             try:
                 outputs = await self.client.step(self.id, values, at)
                 break
+            except FailedPreconditionError:
+                if not (first and position is None) or (now := (await self.info()).position) == at:
+                    raise
+                at = now  # nothing was applied: try once more where the session is
             except UnavailableError:
                 if delay is None:
                     raise
+                first = False  # it may have been applied: only its position may go again
+                self.retries += 1
                 await asyncio.sleep(delay)
         self.position = at + steps
         return outputs
@@ -223,7 +232,7 @@ class AsyncSession:
         source = _aiter(steps).__aiter__()
         pending: collections.deque[tuple[int, pb.StepRequest]] = collections.deque()
         room = asyncio.Condition()
-        state = {"next": self.position, "done": False}
+        state = {"next": (await self.info()).position, "done": False}
 
         async def requests(resend: list[pb.StepRequest]) -> AsyncIterator[pb.StepRequest]:
             for request in resend:
@@ -270,13 +279,25 @@ class AsyncSession:
                     raise
             finally:
                 call.cancel()
+            self.retries += 1
             await asyncio.sleep(delay)
 
+    async def _again(self, call: Callable[[], Awaitable[_T]]) -> _T:
+        """A call that changes nothing, retried on UNAVAILABLE as steps are."""
+        for delay in itertools.chain(self.client.retry.delays(), [None]):
+            try:
+                return await call()
+            except UnavailableError:
+                if delay is None:
+                    raise
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable: the last attempt raises")
+
     async def forecast(self, horizon: int) -> F32:
-        return await self.client.forecast(self.id, horizon)
+        return await self._again(lambda: self.client.forecast(self.id, horizon))
 
     async def info(self) -> SessionInfo:
-        info = await self.client.get_session(self.id)
+        info = await self._again(lambda: self.client.get_session(self.id))
         self.position = info.position
         return info
 
@@ -286,7 +307,7 @@ class AsyncSession:
         return info
 
     async def export(self) -> bytes:
-        return await self.client.export_session(self.id)
+        return await self._again(lambda: self.client.export_session(self.id))
 
     async def close(self) -> int:
         return await self.client.close_session(self.id)

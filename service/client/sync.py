@@ -20,6 +20,7 @@ from seqserve.client._common import (
     F32,
     ArrayLike,
     BatchResult,
+    FailedPreconditionError,
     ModelInfo,
     ModelVersions,
     NotFoundError,
@@ -211,6 +212,7 @@ class Session:
         self.version = info.version
         self.input_size = input_size
         self.position = info.position  # steps applied, as far as this handle knows
+        self.retries = 0  # steps sent again after UNAVAILABLE or a broken stream
         self._closed = False
 
     def __enter__(self) -> Session:
@@ -224,16 +226,27 @@ class Session:
                 self.close()
 
     def step(self, values: ArrayLike, position: int | None = None) -> F32:
-        """values (F,) or (T, F) -> outputs (T, O), at `position` (default: the handle's)."""
+        """values (F,) or (T, F) -> outputs (T, O), at `position` (default: the handle's).
+
+        A first attempt refused because the session moved on without this handle
+        (a batch_step, another client) is sent again at the session's position.
+        """
         at = self.position if position is None else position
         _, steps = steps_in(values, self.input_size)
+        first = True
         for delay in itertools.chain(self.client.retry.delays(), [None]):
             try:
                 outputs = self.client.step(self.id, values, at)
                 break
+            except FailedPreconditionError:
+                if not (first and position is None) or (now := self.info().position) == at:
+                    raise
+                at = now  # nothing was applied: try once more where the session is
             except UnavailableError:
                 if delay is None:
                     raise
+                first = False  # it may have been applied: only its position may go again
+                self.retries += 1
                 time.sleep(delay)
         self.position = at + steps
         return outputs
@@ -241,12 +254,13 @@ class Session:
     def stream(self, steps: Iterable[ArrayLike]) -> Iterator[F32]:
         """Pipelined steps over one stream: yields each chunk's outputs (T, O) in order.
 
-        At most RETAINED steps are in flight. A broken stream (or a step
-        answered UNAVAILABLE) is opened again and its unanswered steps sent
-        again with their positions; another failure raises its typed error,
-        the steps before it applied.
+        The stream starts at the session's position as the server has it. At
+        most RETAINED steps are in flight. A broken stream (or a step answered
+        UNAVAILABLE) is opened again and its unanswered steps sent again with
+        their positions; another failure raises its typed error, the steps
+        before it applied.
         """
-        window = _Window(self.id, self.input_size, iter(steps), self.position)
+        window = _Window(self.id, self.input_size, iter(steps), self.info().position)
         with contextlib.closing(window):
             for delay in itertools.chain(self.client.retry.delays(), [None]):
                 try:
@@ -255,6 +269,7 @@ class Session:
                 except UnavailableError:
                     if delay is None:
                         raise
+                    self.retries += 1
                     time.sleep(delay)
 
     def _attempt(self, window: _Window) -> Iterator[F32]:
@@ -270,11 +285,22 @@ class Session:
             responses.cancel()
             window.broken()
 
+    def _again(self, call: Callable[[], _T]) -> _T:
+        """A call that changes nothing, retried on UNAVAILABLE as steps are."""
+        for delay in itertools.chain(self.client.retry.delays(), [None]):
+            try:
+                return call()
+            except UnavailableError:
+                if delay is None:
+                    raise
+                time.sleep(delay)
+        raise AssertionError("unreachable: the last attempt raises")
+
     def forecast(self, horizon: int) -> F32:
-        return self.client.forecast(self.id, horizon)
+        return self._again(lambda: self.client.forecast(self.id, horizon))
 
     def info(self) -> SessionInfo:
-        info = self.client.get_session(self.id)
+        info = self._again(lambda: self.client.get_session(self.id))
         self.position = info.position
         return info
 
@@ -285,7 +311,7 @@ class Session:
 
     def export(self) -> bytes:
         """The session's whole state, checksummed (a serialized seqserve.v1.SessionState)."""
-        return self.client.export_session(self.id)
+        return self._again(lambda: self.client.export_session(self.id))
 
     def close(self) -> int:
         position = self.client.close_session(self.id)
@@ -312,6 +338,7 @@ class _Window:
         self.attempt = 0  # bumped when a stream breaks: its request iterator stops
         self.done = False  # the source is exhausted
         self.carried: ArrayLike | None = None  # taken from the source, not yet sent
+        self.pulling = threading.Lock()
 
     def requests(self) -> Iterator[pb.StepRequest]:
         with self.cond:
@@ -324,30 +351,31 @@ class _Window:
                     self.cond.wait()
                 if self.attempt != attempt or self.done:
                     return
-            if self.carried is not None:
-                values, self.carried = self.carried, None
-            else:
-                try:
-                    values = next(self.source)
-                except StopIteration:
-                    with self.cond:
-                        self.done = True
-                        self.cond.notify_all()
-                    return
-            flat, t = steps_in(values, self.input_size)
-            with self.cond:
-                if self.attempt != attempt:
-                    self.carried = values  # broken meanwhile: it goes with the next attempt
-                    return
-                position = self.next_position
-                self.next_position += t
-                request = pb.StepRequest(
-                    session_id=self.session_id,
-                    values=flat.tolist(),
-                    request_id=position,
-                    position=position,
-                )
-                self.pending.append((position + t, request))
+            with self.pulling:  # one iterator at a time: an old one may still be in next()
+                if self.carried is not None:
+                    values, self.carried = self.carried, None
+                else:
+                    try:
+                        values = next(self.source)
+                    except StopIteration:
+                        with self.cond:
+                            self.done = True
+                            self.cond.notify_all()
+                        return
+                flat, t = steps_in(values, self.input_size)
+                with self.cond:
+                    if self.attempt != attempt:
+                        self.carried = values  # broken meanwhile: it goes with the next one
+                        return
+                    position = self.next_position
+                    self.next_position += t
+                    request = pb.StepRequest(
+                        session_id=self.session_id,
+                        values=flat.tolist(),
+                        request_id=position,
+                        position=position,
+                    )
+                    self.pending.append((position + t, request))  # resent if this stream breaks
             yield request
 
     def answered(self, response: pb.StepResponse) -> tuple[F32, int]:
