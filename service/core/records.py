@@ -126,6 +126,17 @@ def steps(wall: float, ids: list[str], starts: I64, x: F32, y: F32) -> bytes:
     )
 
 
+_START = struct.Struct("<q")
+
+
+def step(wall: float, session_id: str, start: int, x: F32, y: F32) -> bytes:
+    """`steps` of one session, x (T, F) and y (T, O): the low-load round's record, made quick."""
+    t, f = x.shape
+    name = session_id.encode()
+    head = _STEPS.pack(Kind.STEPS, wall, 1, t, f, y.shape[1], len(name))
+    return b"".join((head, name, _START.pack(start), x.tobytes(), y.tobytes()))
+
+
 def create(wall: float, session_id: str, principal: str, label: str) -> bytes:
     return b"".join(
         (struct.pack("<Bd", Kind.CREATE, wall), _text(session_id), _text(principal), _text(label))

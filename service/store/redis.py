@@ -123,8 +123,12 @@ class RedisStore:
         last = records[-1][0] if records else int(meta.get("checkpoint", "0"))
         return Stored(rows=rows, records=records, next_seq=last + 1)
 
+    def append_now(self, records: list[tuple[int, bytes]]) -> bool:
+        return False  # a round trip to Redis is never quicker than awaiting it
+
     async def append(self, records: list[tuple[int, bytes]]) -> None:
-        pipe = self._client.pipeline(transaction=True)
+        # MULTI/EXEC only where there is more than one record to keep together.
+        pipe = self._client.pipeline(transaction=len(records) > 1)
         for seq, record in records:
             pipe.xadd(self._key("log"), {"r": record}, id=f"{seq}-1")
         results = await pipe.execute(raise_on_error=False)

@@ -8,8 +8,15 @@ commits. `sqlite:PATH?sync=full` syncs every commit to disk as well, and
 survives that too, at about 0.4 ms more per write.
 
 The file belongs to one server at a time: it is opened in exclusive locking
-mode, and a second server on the same file refuses to start. Every call runs
-on one thread of its own (SQLite releases the GIL while it works).
+mode, and a second server on the same file refuses to start.
+
+Where calls run: a journal write of a few records commits in tens of
+microseconds, less than a hop to another thread and back (measured at about
+190 us each way on a busy 2-core machine), so with `sync=normal` it is made
+right away on the caller's thread when the connection is free (`append_now`).
+Checkpoints, `sync=full` commits and writes that find the connection busy
+run on a thread of the store's own (SQLite releases the GIL while it works).
+One lock keeps the connection to one thread at a time.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import sqlite3
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -54,6 +62,7 @@ class SqliteStore:
         self.path, self.sync = parse(spec)
         self._executor: ThreadPoolExecutor | None = None
         self._db: sqlite3.Connection | None = None
+        self._lock = threading.Lock()  # the connection, one thread at a time
 
     @property
     def name(self) -> str:
@@ -61,7 +70,12 @@ class SqliteStore:
 
     async def _run(self, fn: Callable[[], _T]) -> _T:
         assert self._executor is not None, "the store is not open"
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+        def locked() -> _T:
+            with self._lock:
+                return fn()
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, locked)
 
     async def open(self) -> Stored:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="sqlite-store")
@@ -96,6 +110,16 @@ class SqliteStore:
         records = [(int(seq), bytes(record)) for seq, record in log]
         last = records[-1][0] if records else int(meta.get("checkpoint", "0"))
         return Stored(rows=rows, records=records, next_seq=last + 1)
+
+    def append_now(self, records: list[tuple[int, bytes]]) -> bool:
+        """Write the records on this thread if that is quick and the connection is free."""
+        if self.sync != "normal" or self._db is None or not self._lock.acquire(blocking=False):
+            return False
+        try:
+            self._write("INSERT OR IGNORE INTO log VALUES (?, ?)", records)
+        finally:
+            self._lock.release()
+        return True
 
     async def append(self, records: list[tuple[int, bytes]]) -> None:
         insert = "INSERT OR IGNORE INTO log VALUES (?, ?)"
@@ -140,6 +164,9 @@ class SqliteStore:
 
     def _write(self, sql: str, params: list[tuple[int, bytes]]) -> None:
         db = self._connection()
+        if len(params) == 1:  # one statement is a transaction of its own (autocommit)
+            db.execute(sql, params[0])
+            return
         db.execute("BEGIN")
         try:
             db.executemany(sql, params)
