@@ -49,6 +49,8 @@ class BenchConfig:
     create_budget_s: float  # scenario 5: time allowed for opening them
     creators: int  # scenario 5: concurrent CreateSession calls per client process
     floor_budget_s: float  # time per in-process ONNX Runtime floor measurement
+    store_streams: int  # scenario 7: concurrent streams on each store
+    store_rounds: int  # scenario 7: rounds per figure (its ratios are small differences)
 
     @property
     def main_model(self) -> ModelShape:
@@ -93,6 +95,8 @@ FULL = BenchConfig(
     create_budget_s=30.0,
     creators=128,
     floor_budget_s=0.6,
+    store_streams=100,
+    store_rounds=4,
 )
 
 SMOKE = replace(
@@ -116,4 +120,6 @@ SMOKE = replace(
     create_budget_s=5.0,
     creators=8,
     floor_budget_s=0.05,
+    store_streams=8,
+    store_rounds=1,
 )

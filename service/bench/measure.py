@@ -142,13 +142,13 @@ def batch(ctx: Context, target: str, model: ModelShape, size: int, inflight: int
 
 
 def interleaved(
-    ctx: Context, one: Callable[[str], LoadResult], targets: list[str]
+    ctx: Context, one: Callable[[str], LoadResult], targets: list[str], rounds: int | None = None
 ) -> list[Measured]:
     """One Measured per target; each round runs every target, in an order that
     rotates from round to round, so that noise weighs on all alike."""
     results: list[list[LoadResult]] = [[] for _ in targets]
     k = len(targets)
-    for i in range(ctx.config.rounds):
+    for i in range(ctx.config.rounds if rounds is None else rounds):
         order = list(range(k))[i % k :] + list(range(k))[: i % k]
         if i % 2:
             order.reverse()

@@ -20,9 +20,10 @@ from seqserve.bench.pool import ClientPool
 from seqserve.bench.procs import ServerProcess, echo_server, reference_server, seqserve_server
 from seqserve.bench.report import Row, format_markdown, format_table, write_json
 from seqserve.bench.scale import scale
+from seqserve.bench.stores import stores
 from seqserve.core.spec import ModelSpec
 
-ALL_SCENARIOS = ("1", "2", "3", "4", "5", "6")
+ALL_SCENARIOS = ("1", "2", "3", "4", "5", "6", "7")
 MAIN_SERVER_SESSIONS = 100_000
 
 
@@ -85,6 +86,9 @@ def run(opts: RunOptions) -> tuple[list[Row], int]:
         proc.start()
         return proc
 
+    def store_server(args: list[str]) -> ServerProcess:
+        return seqserve_server(opts.repository, MAIN_SERVER_SESSIONS, [*opts.server_args, *args])
+
     with ExitStack() as stack:
         echo = stack.enter_context(echo_server(c.input_size, c.input_size))
         echo.start()
@@ -117,6 +121,8 @@ def run(opts: RunOptions) -> tuple[list[Row], int]:
             ctx.pids[target] = server.pid
         try:
             _scenarios(ctx, opts.only)
+            if "7" in opts.only and opts.target is None:  # servers of its own
+                stores(ctx, store_server, opts.out)
         except Exception:
             if opts.target is None:  # the server's own account of what went wrong
                 print(

@@ -80,6 +80,12 @@ def test_every_scenario_reports_its_figures(smoke_run: tuple[Path, str]) -> None
     assert {s for s in by_scenario if s.startswith("6 cells")} == {
         f"6 cells {c}" for c in SMOKE.cells
     }
+    for store in ("sqlite", "redis"):  # redis-server is installed wherever the tests run
+        assert by_scenario[f"7 store {store}"] == {
+            "p50 round trip, 1 stream",
+            f"steps/s, {SMOKE.store_streams} streams",
+            f"B={max(SMOKE.batch_sizes)} x{max(SMOKE.inflight)} session-steps/s",
+        }
 
 
 def test_figures_are_measurements_with_consistent_floors(smoke_run: tuple[Path, str]) -> None:
