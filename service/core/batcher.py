@@ -32,7 +32,7 @@ from typing import Generic, TypeVar
 
 from seqserve.core.checks import check_group, check_one
 from seqserve.core.errors import Internal, ResourceExhausted, Unavailable, internal
-from seqserve.core.journal import Journal
+from seqserve.core.journal import RoundLog
 from seqserve.core.rounds import Bucket, Call, Computed, Planned, Rollout, Round, RoundRunner
 from seqserve.core.runtime import LoadedModel
 from seqserve.core.settings import CoreSettings
@@ -84,7 +84,7 @@ class Batcher(Generic[Owner]):
         slab: Slab[Owner],
         settings: CoreSettings,
         clock: Callable[[], float],
-        journal: Journal | None = None,
+        journal: RoundLog | None = None,
     ) -> None:
         self.model = model
         self.slab = slab
@@ -104,6 +104,10 @@ class Batcher(Generic[Owner]):
         self._idle: asyncio.Event | None = None
         self._executor: ThreadPoolExecutor | None = None
         self.offloaded = 0  # rounds run in the worker thread
+
+    def busy(self, slot: int) -> bool:
+        """Whether a unit on `slot` is queued or running."""
+        return self._order.last(slot) is not None
 
     @property
     def handed_over(self) -> int:

@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from seqserve.core.answers import digest
-from seqserve.core.errors import FailedPrecondition, NotFound, SeqServeError
+from seqserve.core.errors import FailedPrecondition, NotFound, SeqServeError, Unavailable
 from seqserve.core.slab import Slab
 from seqserve.core.work import ForecastWork, GroupWork, StepResult, StepWork
 
@@ -25,6 +25,11 @@ I64 = npt.NDArray[np.int64]
 
 def stale(slab: Slab[Any], session_id: str, slot: int, owner: object, doing: str) -> SeqServeError:
     """The error of a step whose session changed while it was `doing` (queued, running)."""
+    if session_id in slab.moved:
+        return Unavailable(
+            f"session {session_id!r} was changed on another server while this step was "
+            f"{doing} here; it was not applied: send it again"
+        )
     if slab.owners[slot] is owner:
         return FailedPrecondition(
             f"session {session_id!r} was reset while this step was {doing}; "

@@ -45,6 +45,18 @@ class Stored:
     next_seq: int  # the number the next record gets
 
 
+class RoundLog(Protocol):
+    """What rounds write their applied steps to (a Journal, or seqserve.core.sharing)."""
+
+    def append(self, record: bytes) -> asyncio.Future[None]:
+        """Make a record durable; the future fails if it cannot be (or was refused)."""
+        ...
+
+    def barrier(self) -> asyncio.Future[None] | None:
+        """Done once everything appended so far is written (None: it is)."""
+        ...
+
+
 class LogStore(Protocol):
     """A durable store as the journal and checkpoints use it."""
 

@@ -104,6 +104,13 @@ class StepPipeline(Generic[Tag]):
         except Exception as exc:  # refused up front: answered in band, in order
             answer.set_exception(exc)
 
+    def _refuse(self, sid: str, tag: Tag, exc: BaseException) -> None:
+        """Answer a step in its session's order with a refusal, without the core."""
+        answer = Answer(self, sid, tag)
+        self._by_session.setdefault(sid, deque()).append(answer)
+        self._in_flight += 1
+        answer.set_exception(exc)
+
     def close(self, reason: Exception) -> None:
         """End the stream once its in-flight steps are answered (shutdown)."""
         if self._failure is None:
@@ -134,12 +141,20 @@ class StepPipeline(Generic[Tag]):
     ) -> None:
         loop = asyncio.get_running_loop()
         submit = self.submit
+        sharing = self._sessions.sharing
         try:
             async for request in requests:
                 sid, values, position, tag = decode(request)
                 while self._in_flight >= self._max_in_flight:
                     self._wake_reader = loop.create_future()
                     await self._wake_reader
+                if sharing is not None and sharing.stale(sid, position):
+                    # Loaded before it is submitted: reading waits, so order is kept.
+                    try:
+                        await self._sessions.ensure(sid, position)
+                    except Exception as exc:
+                        self._refuse(sid, tag, exc)
+                        continue
                 submit(sid, values, position, tag)
         except Exception as exc:  # an undecodable request, or the transport failed
             if self._failure is None:

@@ -19,6 +19,7 @@ Shapes: B rows (sessions) of T steps, F input features, O outputs.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -32,7 +33,7 @@ from seqserve.core import records
 from seqserve.core.answers import digest, digests
 from seqserve.core.checks import stale
 from seqserve.core.errors import Internal, internal
-from seqserve.core.journal import Journal
+from seqserve.core.journal import RoundLog
 from seqserve.core.runtime import LoadedModel
 from seqserve.core.slab import Slab
 from seqserve.core.work import (
@@ -44,6 +45,7 @@ from seqserve.core.work import (
     StepResult,
     StepWork,
     Unit,
+    all_of,
     fail,
     settle,
 )
@@ -127,7 +129,7 @@ class RoundRunner(Generic[Owner]):
         slab: Slab[Owner],
         max_batch: int,
         clock: Callable[[], float],
-        journal: Journal | None = None,
+        journal: RoundLog | None = None,
     ) -> None:
         self.model = model
         self.slab = slab
@@ -293,6 +295,7 @@ class RoundRunner(Generic[Owner]):
         slab = self.slab
         journal = self.journal
         delivery = Deliveries()
+        written: list[asyncio.Future[None]] = []  # this round's records
         committed = 0
         if results or rollouts:
             self.rounds += 1
@@ -321,7 +324,7 @@ class RoundRunner(Generic[Owner]):
             committed += n_applied
             self.rows += rows
             if journal is not None and n_applied:
-                journal.append(self.record(p, y, applied))
+                written.append(journal.append(self.record(p, y, applied)))
             self.deliver(p, y, applied, delivery)
         for w, prepared, outcome in zip(rnd.forecasts, forecasts, rollouts, strict=True):
             if isinstance(outcome, BaseException):
@@ -331,7 +334,13 @@ class RoundRunner(Generic[Owner]):
                 delivery.add(w.future, ForecastResult(outcome, prepared.position))
         for g in rnd.groups:
             delivery.add(g.future, g)
-        delivery.send_after(journal.barrier() if journal is not None else None)
+        if journal is not None:
+            # Every record of this round (a shared store may refuse one and not another),
+            # and what came before (a retry's answer, a forecast's state).
+            barrier = journal.barrier()
+            delivery.send_after(all_of([*written, *([barrier] if barrier is not None else [])]))
+        else:
+            delivery.send_after(None)
         return committed
 
     def record(self, p: Planned, y: F32, applied: npt.NDArray[np.bool_]) -> bytes:

@@ -27,7 +27,9 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
+import numpy as np
 import numpy.typing as npt
 
 from seqserve.core import snapshots, validation
@@ -36,9 +38,10 @@ from seqserve.core.batchplan import BatchPlan, BatchResult
 from seqserve.core.directory import ID, SLOT, VERSION, DirectoryFactory, Session, SessionDirectory
 from seqserve.core.durability import Durability
 from seqserve.core.errors import FailedPrecondition, Unavailable
-from seqserve.core.journal import LogStore
+from seqserve.core.journal import LogStore, RoundLog
 from seqserve.core.runtime import LoadedModel, ModelEntry, ModelRegistry
 from seqserve.core.settings import CoreSettings
+from seqserve.core.sharing import SharedStore, Sharing
 from seqserve.core.snapshots import SessionExport
 from seqserve.core.versions import ModelVersion
 from seqserve.core.work import ForecastResult, Reply, StepResult
@@ -80,7 +83,7 @@ class SessionManager:
         *,
         clock: Callable[[], float] = time.monotonic,
         sweep_interval_s: float | None = None,
-        store: LogStore | None = None,
+        store: LogStore | SharedStore | None = None,
         on_store_failure: Callable[[BaseException], None] | None = None,
     ) -> None:
         self.registry = registry
@@ -88,19 +91,27 @@ class SessionManager:
         self._clock = clock
         self._max_steps = settings.max_steps_per_request
         self.versions: list[ModelVersion] = []
-        # With a durable store every change is journaled, and answered once durable.
-        self.durability = (
-            None
-            if store is None
-            else Durability(
-                store,
+        # With a durable store every change is journaled, and answered once durable; with
+        # a shared one every change is written through to it (seqserve.core.sharing).
+        self.durability: Durability | None = None
+        self.sharing: Sharing | None = None
+        if getattr(store, "shared", False):
+            self.sharing = Sharing(
+                cast(SharedStore, store), self.versions, settings.session_ttl_s, clock
+            )
+        elif store is not None:
+            self.durability = Durability(
+                cast(LogStore, store),
                 self.versions,
                 settings.session_ttl_s,
                 clock,
                 on_store_failure or _ignore,
             )
-        )
-        journal = None if self.durability is None else self.durability.journal
+        journal: RoundLog | None = None
+        if self.durability is not None:
+            journal = self.durability.journal
+        elif self.sharing is not None:
+            journal = self.sharing
         self.versions += [
             ModelVersion(i, m, settings, clock, journal) for i, m in enumerate(registry.models())
         ]
@@ -121,6 +132,8 @@ class SessionManager:
         if self.durability is not None:  # recovery runs the models itself, before any batcher
             await self.durability.open(self.directory)
             self.directory.on_close = self.durability.closed
+        if self.sharing is not None:
+            await self.sharing.open(self.directory)
         for v in self.versions:
             await v.batcher.start()
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="session sweeper")
@@ -141,6 +154,8 @@ class SessionManager:
         await asyncio.gather(*(v.batcher.stop(grace_s) for v in self.versions))
         if self.durability is not None:
             await self.durability.close()
+        if self.sharing is not None:
+            await self.sharing.close()
         self._phase = "stopped"
 
     async def _sweep_forever(self) -> None:
@@ -179,38 +194,105 @@ class SessionManager:
         return [v.batcher for v in self.versions]
 
     # --- lifecycle of sessions ------------------------------------------------------
+    #
+    # Each has two forms: a plain one (the change is made; with a store it becomes
+    # durable soon after) and an async `*_session` one that returns once the store
+    # holds the change, which is what a front end answers after.
 
     def create(
         self, model: str, version: str | None, session_id: str | None, principal: str
     ) -> SessionInfo:
+        return self._create(model, version, session_id, principal)[0]
+
+    async def create_session(
+        self, model: str, version: str | None, session_id: str | None, principal: str
+    ) -> SessionInfo:
+        info, written = self._create(model, version, session_id, principal)
+        await self._written(written)
+        return info
+
+    def _create(
+        self, model: str, version: str | None, session_id: str | None, principal: str
+    ) -> tuple[SessionInfo, asyncio.Future[None] | None]:
         self._check_running()
         v = self.version(model, version)
         s = self.directory.create(v, session_id, principal)
+        written = None
         if self.durability is not None:
             self.durability.created(s, v.label)
-        return self._info(s)
+        elif self.sharing is not None:
+            written = self.sharing.created(s, v.label)
+        return self._info(s), written
+
+    async def ensure(
+        self, session_id: str, position: int | None = None, *, latest: bool = False
+    ) -> None:
+        """With a shared store: load the session here if this server's copy is missing or
+        may be stale (seqserve.core.sharing); `latest`: unless it is being stepped here,
+        read it again whatever this copy holds. At once without a shared store."""
+        if self.sharing is not None:
+            self._check_running()
+            await self.sharing.ensure(session_id, position, latest=latest)
 
     def info(self, session_id: str, principal: str) -> SessionInfo:
         return self._info(self.directory.lookup(session_id, principal))
 
+    async def session_info(self, session_id: str, principal: str) -> SessionInfo:
+        await self.ensure(session_id, latest=True)
+        return self.info(session_id, principal)
+
     def reset(self, session_id: str, principal: str) -> SessionInfo:
+        return self._reset(session_id, principal)[0]
+
+    async def reset_session(self, session_id: str, principal: str) -> SessionInfo:
+        await self.ensure(session_id)
+        info, written = self._reset(session_id, principal)
+        await self._written(written)
+        return info
+
+    def _reset(
+        self, session_id: str, principal: str
+    ) -> tuple[SessionInfo, asyncio.Future[None] | None]:
         self._check_running()
         s = self.directory.lookup(session_id, principal)
         self.versions[s[VERSION]].slab.reset(s[SLOT], self._clock())
+        written = None
         if self.durability is not None:
             self.durability.reset(session_id)
-        return self._info(s)
+        elif self.sharing is not None:
+            written = self.sharing.reset(s)
+        return self._info(s), written
 
     def close(self, session_id: str, principal: str) -> SessionInfo:
         """Close a session; the info returned is its last (position before closing)."""
+        return self._close(session_id, principal)[0]
+
+    async def close_session(self, session_id: str, principal: str) -> SessionInfo:
+        await self.ensure(session_id)
+        info, written = self._close(session_id, principal)
+        await self._written(written)
+        return info
+
+    def _close(
+        self, session_id: str, principal: str
+    ) -> tuple[SessionInfo, asyncio.Future[None] | None]:
         s = self.directory.lookup(session_id, principal)
         info = self._info(s)
         self.directory.close(s)
-        return info
+        written = None if self.sharing is None else self.sharing.closed(session_id)
+        return info, written
+
+    async def _written(self, written: asyncio.Future[None] | None) -> None:
+        """Wait for one change's write (shared store), or for everything so far (journal)."""
+        if written is not None:
+            await asyncio.shield(written)
+        else:
+            await self.flushed()
 
     async def export(self, session_id: str, principal: str) -> SessionExport:
         """A session's whole state, as it is once everything applied to it is durable."""
         self._check_running()
+        await self.ensure(session_id, latest=True)
         self.directory.lookup(session_id, principal)
         await self.flushed()
         s = self.directory.lookup(session_id, principal)  # still there after the wait?
@@ -221,6 +303,18 @@ class SessionManager:
         self, state: SessionExport, principal: str, session_id: str | None = None
     ) -> SessionInfo:
         """A new session from an export (the caller owns it); its idle time starts now."""
+        return self._import(state, principal, session_id)[0]
+
+    async def import_state(
+        self, state: SessionExport, principal: str, session_id: str | None = None
+    ) -> SessionInfo:
+        info, written = self._import(state, principal, session_id)
+        await self._written(written)
+        return info
+
+    def _import(
+        self, state: SessionExport, principal: str, session_id: str | None
+    ) -> tuple[SessionInfo, asyncio.Future[None] | None]:
         self._check_running()
         version = self.version(state.model, state.version)
         row = snapshots.imported(version, state)  # checksum and shapes
@@ -228,9 +322,12 @@ class SessionManager:
         s = self.directory.create(version, sid, principal)
         row.session_id, row.principal, row.last_access = sid, principal, time.time()
         snapshots.install(version, s[SLOT], row, self._clock(), row.last_access)
+        written = None
         if self.durability is not None:
             self.durability.imported(row)
-        return self._info(s)
+        elif self.sharing is not None:
+            written = self.sharing.imported(s, row)
+        return self._info(s), written
 
     def sweep(self) -> int:
         """Evict every session idle for longer than the TTL; how many were evicted."""
@@ -255,6 +352,7 @@ class SessionManager:
         position: int | None = None,
     ) -> StepResult:
         """Apply T steps (values: T * input_size floats, time-major) to one session."""
+        await self.ensure(session_id, position)
         future: asyncio.Future[StepResult] = asyncio.get_running_loop().create_future()
         self.submit_step(session_id, values, principal, position, future)
         return await future
@@ -281,6 +379,7 @@ class SessionManager:
     async def forecast(self, session_id: str, horizon: int, principal: str) -> ForecastResult:
         """Roll the model forward `horizon` steps from the session's state; it stays unchanged."""
         self._check_running()
+        await self.ensure(session_id, latest=True)
         s = self.directory.lookup(session_id, principal)
         validation.horizon(horizon, self._max_steps)
         version = self.versions[s[VERSION]]
@@ -311,6 +410,15 @@ class SessionManager:
         be (seqserve.core.answers: a retried item is answered again).
         """
         self._check_running()
+        if self.sharing is not None:  # load what is missing here (or stale), all at once
+            at = None if positions is None else np.asarray(positions, np.int64).tolist()
+            stale: dict[str, int | None] = {}
+            for i, sid in enumerate(session_ids):
+                where = None if at is None or i >= len(at) else int(at[i])
+                if sid not in stale and self.sharing.stale(sid, where):
+                    stale[sid] = where
+            if stale:
+                await asyncio.gather(*(self.sharing.ensure(k, w) for k, w in stale.items()))
         plan = BatchPlan(session_ids, times, values, self._max_steps, positions)
         directory = self.directory
         plan.resolve(directory.lookup_many(session_ids, principal), self.versions, directory.ttl_s)

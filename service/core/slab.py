@@ -54,6 +54,7 @@ _RowView = tuple[F32, I64, tuple[int, ...], tuple[int, ...]]
 
 GROWTH = 1.25
 INITIAL_CAPACITY = 64
+MOVED_KEPT = 10_000  # ids of dropped copies remembered, for the message of their queued steps
 
 
 class Slab(Generic[Owner]):
@@ -81,6 +82,9 @@ class Slab(Generic[Owner]):
         self.epoch = np.zeros(0, np.uint32)  # (N,) bumped on reset, free and reuse
         self.dirty = np.zeros(0, bool)  # (N,) changed since a durable store's last checkpoint
         self.answers = Answers(spec.output_size)
+        # Ids of sessions whose copy was dropped because a shared store holds a newer one
+        # (seqserve.core.sharing): their steps still queued fail as retryable. Bounded.
+        self.moved: dict[str, None] = {}
         try:
             self._resize(reserve)
         except MemoryError:  # address space limited (ulimit -v, strict overcommit): grow instead
@@ -111,6 +115,11 @@ class Slab(Generic[Owner]):
         self.last_access[slot] = np.inf  # never an eviction candidate
         self._free.append(slot)
         self.used -= 1
+
+    def mark_moved(self, session_id: str) -> None:
+        self.moved[session_id] = None
+        if len(self.moved) > MOVED_KEPT:
+            del self.moved[next(iter(self.moved))]  # the oldest
 
     def reset(self, slot: int, now: float) -> None:
         """Zero state and position; a step still running on it will not write its state."""

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from seqserve.core.batcher import Batcher
 from seqserve.core.directory import ID, SLOT, Session
-from seqserve.core.journal import Journal
+from seqserve.core.journal import RoundLog
 from seqserve.core.runtime import LoadedModel
 from seqserve.core.settings import CoreSettings
 from seqserve.core.slab import F32, Slab
@@ -31,7 +31,7 @@ class ModelVersion:
         model: LoadedModel,
         settings: CoreSettings,
         clock: Callable[[], float],
-        journal: Journal | None = None,
+        journal: RoundLog | None = None,
     ) -> None:
         self.index = index
         self.model = model

@@ -213,6 +213,31 @@ def fail(fut: Reply[Any], err: BaseException) -> None:
         fut.set_exception(err)
 
 
+def all_of(futures: list[asyncio.Future[None]]) -> asyncio.Future[None] | None:
+    """One future for many: done when all are, failed with the first failure (None: none)."""
+    pending = [f for f in futures if not (f.done() and not f.cancelled() and f.exception() is None)]
+    if len(pending) <= 1:
+        return pending[0] if pending else None
+    combined: asyncio.Future[None] = pending[0].get_loop().create_future()
+    left = len(pending)
+
+    def one_done(f: asyncio.Future[None]) -> None:
+        nonlocal left
+        left -= 1
+        if combined.done():
+            return
+        if f.cancelled():
+            combined.cancel()
+        elif f.exception() is not None:
+            combined.set_exception(f.exception())  # type: ignore[arg-type]
+        elif left == 0:
+            combined.set_result(None)
+
+    for f in pending:
+        f.add_done_callback(one_done)
+    return combined
+
+
 class Deliveries:
     """Replies that may be sent once what they answer is durable (at once without a store).
 

@@ -164,28 +164,24 @@ class InferenceServicer(pb_grpc.InferenceServicer):
     async def CreateSession(
         self, request: pb.CreateSessionRequest, principal: str
     ) -> pb.SessionInfo:
-        info = self._sessions.create(
+        info = await self._sessions.create_session(  # answered once the store holds it
             request.model, request.version or None, request.session_id or None, principal
         )
-        await self._sessions.flushed()  # answered once the store holds it
         return _session_pb(info)
 
     @_unary
     async def GetSession(self, request: pb.GetSessionRequest, principal: str) -> pb.SessionInfo:
-        return _session_pb(self._sessions.info(request.session_id, principal))
+        return _session_pb(await self._sessions.session_info(request.session_id, principal))
 
     @_unary
     async def ResetSession(self, request: pb.ResetSessionRequest, principal: str) -> pb.SessionInfo:
-        info = self._sessions.reset(request.session_id, principal)
-        await self._sessions.flushed()
-        return _session_pb(info)
+        return _session_pb(await self._sessions.reset_session(request.session_id, principal))
 
     @_unary
     async def CloseSession(
         self, request: pb.CloseSessionRequest, principal: str
     ) -> pb.CloseSessionResponse:
-        info = self._sessions.close(request.session_id, principal)
-        await self._sessions.flushed()
+        info = await self._sessions.close_session(request.session_id, principal)
         return pb.CloseSessionResponse(session_id=info.session_id, position=info.position)
 
     # -- steps -----------------------------------------------------------------------------------
@@ -279,6 +275,5 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         self, request: pb.ImportSessionRequest, principal: str
     ) -> pb.SessionInfo:
         state = sessionstate.from_pb(request.state)
-        info = self._sessions.import_session(state, principal, request.session_id or None)
-        await self._sessions.flushed()
+        info = await self._sessions.import_state(state, principal, request.session_id or None)
         return _session_pb(info)

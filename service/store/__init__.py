@@ -2,15 +2,16 @@
 
     memory             in the process only: nothing survives a restart (the default)
     sqlite:PATH        an embedded SQLite file (seqserve.store.sqlite)
-    redis://HOST:PORT  a Redis server (seqserve.store.redis, the `redis` extra)
+    redis://HOST:PORT  a Redis server shared by replicas (seqserve.store.redis, the `redis` extra)
 
-`open_store` turns a `--store` value into the store the core journals to,
-or None for memory.
+`open_store` turns a `--store` value into the store the core uses: a journal's
+store (SQLite), a shared store (Redis), or None for memory.
 """
 
 from __future__ import annotations
 
 from seqserve.core.journal import LogStore
+from seqserve.core.sharing import SharedStore
 
 KINDS = ("memory", "sqlite:PATH", "redis://HOST:PORT/DB")
 
@@ -32,7 +33,7 @@ def check(spec: str) -> str:
     raise ValueError(f"expected a store among {', '.join(KINDS)}, got {spec!r}")
 
 
-def open_store(spec: str) -> LogStore | None:
+def open_store(spec: str) -> LogStore | SharedStore | None:
     """The durable store a --store value names (not yet opened), or None for memory."""
     check(spec)
     if spec == "memory":

@@ -1,78 +1,88 @@
-"""`redis://HOST:PORT/DB`: sessions in a Redis server, the store that replicas will share.
+"""`redis://HOST:PORT/DB`: sessions in a Redis server, shared by every replica that uses it.
 
-Keys, under the prefix `seqserve` (`?prefix=NAME` changes it):
+Redis is the system of record; each replica's slabs are a write-through
+cache of the sessions it serves (seqserve.core.sharing). One hash per
+session, under the prefix `seqserve` (`?prefix=NAME` changes it):
 
-    PREFIX:log       a stream: one entry per journal record, its id the record's number
-    PREFIX:sessions  a hash: session id -> its checkpointed row
-    PREFIX:meta      a hash: the store's format and the last record checkpointed
-    PREFIX:owner     the server that writes this store now (a lease it renews)
+    PREFIX:{SESSION_ID}   pos   the session's position (steps applied)
+                          row   its whole state (seqserve.core.records' session row)
+
+The braces make the session id the key's hash tag, so with Redis Cluster
+(`?cluster=1`) every operation on a session is a single-slot one. A key
+expires after the session TTL without a write: Redis itself evicts idle
+sessions, whichever replica served them last.
+
+Every write is a compare-and-set in one Lua script: a step's row is written
+only if the session is still at the position the step started from, a
+create only if the id is free, a reset only if the session exists. So two
+replicas can never both advance a session from the same position: the
+second write fails and that replica drops its stale copy.
 
 What it survives depends on the Redis server's persistence. Redis writes a
 command to its append-only file before it replies, so with `appendonly yes`
-a crash of the seqserve server or of the Redis process loses no acknowledged
-step; with `appendfsync everysec` (Redis' default) a crash of the Redis host
-may lose about the last second of them, with `appendfsync always` none.
-Without the append-only file a Redis restart loses everything since its last
-snapshot: the server says so in its log at start.
-
-One server writes a store at a time (replicas come with the next issue): it
-holds a lease of LEASE_S seconds and renews it; a second server waits for a
-lease to lapse (a killed server's does within LEASE_S), then refuses to start.
-Commands that fail on a lost connection are retried with backoff for about
-RETRY_S seconds before the journal gives up.
+a crash of any seqserve replica or of the Redis process loses no
+acknowledged step; with `appendfsync everysec` (Redis' default) a crash of
+the Redis host may lose about the last second of them, with `appendfsync
+always` none. Without the append-only file a Redis restart loses everything
+since its last snapshot: the server says so in its log at start. Commands
+that fail on a lost connection are retried with backoff for about RETRY_S
+seconds, then the steps waiting on them fail with UNAVAILABLE.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import os
-import socket
+from collections import defaultdict
 from typing import Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
-from seqserve.core.journal import Stored, StoreError
+from seqserve.core.journal import StoreError
+from seqserve.core.sharing import CONFLICT, CREATE, DELETE, EXISTING, Op
 
 log = logging.getLogger(__name__)
 
-FORMAT = "seqserve.store/v1"
-LEASE_S = 5.0
+FORMAT = "seqserve.shared/v1"
 RETRY_S = 5.0
-SCAN = 1000  # entries read per command at start
 
 
-def parse(spec: str) -> tuple[str, str]:
-    """`redis://...[?prefix=NAME]` -> (the URL for the client, the key prefix)."""
+def parse(spec: str) -> tuple[str, str, bool]:
+    """`redis://...[?prefix=NAME][&cluster=1]` -> (the URL for the client, prefix, cluster)."""
     parts = urlsplit(spec)
     options = parse_qs(parts.query, keep_blank_values=True)
     prefix = options.pop("prefix", ["seqserve"])[-1]
-    if parts.scheme not in ("redis", "rediss", "unix") or not prefix:
-        raise ValueError(f"expected redis://HOST:PORT/DB[?prefix=NAME], got {spec!r}")
+    cluster = options.pop("cluster", ["0"])[-1]
+    if parts.scheme not in ("redis", "rediss", "unix") or not prefix or cluster not in ("0", "1"):
+        raise ValueError(f"expected redis://HOST:PORT/DB[?prefix=NAME][&cluster=1], got {spec!r}")
+    if any(c in prefix for c in "{}"):
+        raise ValueError(f"expected a key prefix without braces, got {prefix!r}")
     query = "&".join(f"{k}={v}" for k, values in options.items() for v in values)
-    return urlunsplit(parts._replace(query=query)), prefix
+    return urlunsplit(parts._replace(query=query)), prefix, cluster == "1"
 
 
 class RedisStore:
+    """The shared store of seqserve.core.sharing on one Redis server or cluster."""
+
+    shared = True  # the session manager writes through to it (not a journal)
+
     def __init__(self, spec: str) -> None:
-        self.url, self.prefix = parse(spec)
+        self.url, self.prefix, self.cluster = parse(spec)
         parts = urlsplit(self.url)
         where = parts.hostname or parts.path
         self._name = f"redis://{where}:{parts.port or 6379}{parts.path if parts.hostname else ''}"
         self._client: Any = None
-        self._me = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
-        self._renewer: asyncio.Task[None] | None = None
+        self._write: Any = None  # the registered Lua script
 
     @property
     def name(self) -> str:
         return self._name
 
-    def _key(self, name: str) -> str:
-        return f"{self.prefix}:{name}"
+    def key(self, session_id: str) -> str:
+        return f"{self.prefix}:{{{session_id}}}"
 
-    async def open(self) -> Stored:
+    async def open(self) -> None:
         try:
             import redis.asyncio as aredis
+            from redis.asyncio.cluster import RedisCluster
             from redis.backoff import ExponentialBackoff
             from redis.exceptions import ConnectionError, TimeoutError
             from redis.retry import Retry
@@ -82,119 +92,66 @@ class RedisStore:
             ) from exc
         # About RETRY_S seconds of reconnecting before a command fails for good.
         retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=int(RETRY_S / 0.5))
-        self._client = aredis.from_url(
-            self.url,
-            retry=retry,
-            retry_on_error=[ConnectionError, TimeoutError],
-            socket_connect_timeout=2.0,
-        )
+        options: dict[str, Any] = {"retry": retry, "socket_connect_timeout": 2.0}
+        if self.cluster:
+            self._client = RedisCluster.from_url(self.url, **options)
+        else:
+            self._client = aredis.from_url(
+                self.url, retry_on_error=[ConnectionError, TimeoutError], **options
+            )
         try:
             await self._client.ping()
+            found = await self._client.set(f"{self.prefix}:format", FORMAT, nx=True, get=True)
         except Exception as exc:
             raise StoreError(f"cannot reach {self._name}: {exc}") from exc
-        await self._take_lease()
-        self._renewer = asyncio.create_task(self._renew_forever(), name="redis store lease")
+        if found is not None and found.decode() != FORMAT:
+            raise StoreError(
+                f"{self._name}: expected a store of format {FORMAT!r} under prefix "
+                f"{self.prefix!r}, got {found.decode()!r}"
+            )
+        self._write = self._client.register_script(_WRITE)
         await self._warn_without_aof()
-        meta = {
-            k.decode(): v.decode()
-            for k, v in (await self._client.hgetall(self._key("meta"))).items()
-        }
-        fmt = meta.get("format")
-        if fmt is None:
-            await self._client.hset(self._key("meta"), "format", FORMAT)
-        elif fmt != FORMAT:
-            raise StoreError(f"{self._name}: expected a store of format {FORMAT!r}, got {fmt!r}")
-        rows: list[bytes] = []
-        cursor = 0
-        while True:
-            cursor, found = await self._client.hscan(self._key("sessions"), cursor, count=SCAN)
-            rows += list(found.values())
-            if cursor == 0:
-                break
-        records: list[tuple[int, bytes]] = []
-        start = "-"
-        while True:
-            entries = await self._client.xrange(self._key("log"), start, "+", count=SCAN)
-            for entry_id, fields in entries:
-                records.append((int(entry_id.split(b"-")[0]), fields[b"r"]))
-            if len(entries) < SCAN:
-                break
-            start = "(" + entries[-1][0].decode()
-        last = records[-1][0] if records else int(meta.get("checkpoint", "0"))
-        return Stored(rows=rows, records=records, next_seq=last + 1)
 
-    def append_now(self, records: list[tuple[int, bytes]]) -> bool:
-        return False  # a round trip to Redis is never quicker than awaiting it
+    async def load(self, session_id: str) -> bytes | None:
+        row: bytes | None = await self._client.hget(self.key(session_id), "row")
+        return row
 
-    async def append(self, records: list[tuple[int, bytes]]) -> None:
-        # MULTI/EXEC only where there is more than one record to keep together.
-        pipe = self._client.pipeline(transaction=len(records) > 1)
-        for seq, record in records:
-            pipe.xadd(self._key("log"), {"r": record}, id=f"{seq}-1")
-        results = await pipe.execute(raise_on_error=False)
-        for result in results:
-            # A write retried after its reply was lost meets its own records: kept once.
-            if isinstance(result, Exception) and "equal or smaller" not in str(result):
-                raise result
+    async def write(self, ops: list[Op], ttl_ms: int) -> list[int]:
+        """Apply each op if its condition holds; APPLIED, CONFLICT or MISSING for each."""
+        if not self.cluster:
+            return await self._script(ops, ttl_ms)
+        # A script may touch one slot only: one call per slot, all in flight at once.
+        from redis.crc import key_slot
 
-    async def save(self, rows: list[tuple[str, bytes]], deleted: list[str]) -> None:
-        pipe = self._client.pipeline(transaction=True)
-        if rows:
-            pipe.hset(self._key("sessions"), mapping=dict(rows))
-        if deleted:
-            pipe.hdel(self._key("sessions"), *deleted)
-        if rows or deleted:
-            await pipe.execute()
+        by_slot: dict[int, list[int]] = defaultdict(list)
+        for i, op in enumerate(ops):
+            by_slot[key_slot(self.key(op[0]).encode())].append(i)
+        out = [CONFLICT] * len(ops)
+        for indices in by_slot.values():
+            done = await self._script([ops[i] for i in indices], ttl_ms)
+            for i, ok in zip(indices, done, strict=True):
+                out[i] = ok
+        return out
 
-    async def truncate(self, upto: int) -> None:
-        pipe = self._client.pipeline(transaction=True)
-        pipe.xtrim(self._key("log"), minid=f"{upto + 1}-0", approximate=False)
-        pipe.hset(self._key("meta"), "checkpoint", str(upto))
-        await pipe.execute()
+    async def _script(self, ops: list[Op], ttl_ms: int) -> list[int]:
+        keys = [self.key(op[0]) for op in ops]
+        args: list[object] = [ttl_ms]
+        for _, expect, position, row in ops:
+            args += [_EXPECT.get(expect, expect), position, row]
+        result = await self._write(keys=keys, args=args)
+        return [int(r) for r in result]
 
     async def close(self) -> None:
-        if self._renewer is not None:
-            self._renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._renewer
-            self._renewer = None
         if self._client is not None:
-            with contextlib.suppress(Exception):  # give the lease back if it is still ours
-                await self._client.eval(_RELEASE, 1, self._key("owner"), self._me)
             await self._client.aclose()
             self._client = None
-
-    # --- one writer at a time -------------------------------------------------------------
-
-    async def _take_lease(self) -> None:
-        key, ms = self._key("owner"), int(LEASE_S * 1000)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + LEASE_S + 1.0
-        while not await self._client.set(key, self._me, nx=True, px=ms):
-            holder = await self._client.get(key)
-            if loop.time() > deadline:
-                owner = holder.decode() if holder else "?"
-                raise StoreError(f"{self._name} is in use by another server ({owner})")
-            await asyncio.sleep(0.2)
-
-    async def _renew_forever(self) -> None:
-        key, ms = self._key("owner"), int(LEASE_S * 1000)
-        while True:
-            await asyncio.sleep(LEASE_S / 3)
-            try:
-                held = await self._client.eval(_RENEW, 1, key, self._me, ms)
-            except Exception:  # the journal's own writes report a lost store
-                log.warning("could not renew the lease on %s", self._name, exc_info=True)
-                continue
-            if not held:
-                log.critical("lost the lease on %s to another server", self._name)
 
     async def _warn_without_aof(self) -> None:
         try:
             config = await self._client.config_get("appendonly")
         except Exception:  # managed Redis may not allow CONFIG: say nothing rather than guess
             return
-        if config.get("appendonly") != "yes":
+        if isinstance(config, dict) and config.get("appendonly") not in (None, "yes"):
             log.warning(
                 "%s runs without its append-only file (appendonly %s): a Redis restart "
                 "loses the sessions' steps since its last snapshot",
@@ -203,16 +160,41 @@ class RedisStore:
             )
 
 
-# Renew or release the lease only if this server still holds it.
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+_EXPECT = {CREATE: "create", EXISTING: "existing", DELETE: "delete"}
+
+# Per key i: ARGV[2 + 3(i-1)] the condition (a position, or create / existing /
+# delete), then the new position and the row. Returns per key 1 (applied), 0 (the
+# condition failed) or 2 (a step's session is not there: closed or expired).
+_WRITE = """
+local ttl = ARGV[1]
+local out = {}
+for i = 1, #KEYS do
+  local k = KEYS[i]
+  local a = 2 + (i - 1) * 3
+  local want = ARGV[a]
+  local ok = 0
+  if want == 'delete' then
+    redis.call('DEL', k)
+    ok = 1
+  else
+    if want == 'create' then
+      ok = 1 - redis.call('EXISTS', k)
+    elseif want == 'existing' then
+      ok = redis.call('EXISTS', k)
+    else
+      local pos = redis.call('HGET', k, 'pos')
+      if pos == want then
+        ok = 1
+      elseif not pos then
+        ok = 2
+      end
+    end
+    if ok == 1 then
+      redis.call('HSET', k, 'pos', ARGV[a + 1], 'row', ARGV[a + 2])
+      redis.call('PEXPIRE', k, ttl)
+    end
+  end
+  out[i] = ok
 end
-return 0
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
+return out
 """

@@ -26,7 +26,6 @@ from seqserve.store import open_store
 from seqserve.store.memory import MemoryDirectory
 from seqserve.store.sqlite import SqliteStore
 from tests.core.conftest import PRINCIPAL, FakeClock
-from tests.store.conftest import RedisServer
 from tests.support import ModelZoo, torch_reference
 
 ATOL = 1e-5
@@ -37,13 +36,10 @@ def walk(n: int, features: int, seed: int) -> np.ndarray:
     return np.cumsum(rng.normal(0, 0.3, (n, features)), axis=0).astype(np.float32)
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-def spec(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A store, for the tests that every store must pass."""
-    if request.param == "sqlite":
-        return f"sqlite:{tmp_path / 'sessions.db'}"
-    server: RedisServer = request.getfixturevalue("redis_server")
-    return server.url
+@pytest.fixture
+def spec(tmp_path: Path) -> str:
+    """A journal's store (the shared Redis store has its tests in test_sharing.py)."""
+    return f"sqlite:{tmp_path / 'sessions.db'}"
 
 
 @asynccontextmanager

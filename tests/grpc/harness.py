@@ -6,6 +6,7 @@ import asyncio
 import concurrent.futures
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -106,9 +107,12 @@ class ServerThread:
 class ServerProcess:
     """`python -m seqserve` in a subprocess on a free port; the port is read from its log."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, *args: str, env: dict[str, str] | None = None, max_file_bytes: int | None = None
+    ) -> None:
         self.args = ["--address", "127.0.0.1:0", *args]
         self.env = {**os.environ, **(env or {})}
+        self.max_file_bytes = max_file_bytes  # RLIMIT_FSIZE: files it writes stop growing there
         self.proc: subprocess.Popen[str] | None = None
         self.port = 0
         self.log: list[str] = []
@@ -126,6 +130,7 @@ class ServerProcess:
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             text=True,
+            preexec_fn=None if self.max_file_bytes is None else self._limit_files,
         )
         assert self.proc.stderr is not None
         deadline = time.monotonic() + 30
@@ -146,6 +151,11 @@ class ServerProcess:
         self.proc.wait()
         self.proc.stderr.close()
         raise RuntimeError("server did not start:\n" + "".join(self.log))
+
+    def _limit_files(self) -> None:
+        assert self.max_file_bytes is not None
+        # Python ignores SIGXFSZ, so a write past the limit fails with EFBIG, as a full disk would.
+        resource.setrlimit(resource.RLIMIT_FSIZE, (self.max_file_bytes, self.max_file_bytes))
 
     def _drain(self, stream: IO[str]) -> None:
         for line in stream:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from seqserve.core.journal import LogStore, StoreError
+from seqserve.core.sharing import APPLIED, CONFLICT, CREATE, DELETE, EXISTING, MISSING
 from seqserve.store import check, open_store
 from seqserve.store.redis import RedisStore
 from seqserve.store.sqlite import SqliteStore
@@ -20,12 +21,10 @@ from tests.store.conftest import RedisServer
 Make = Callable[[], LogStore]
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-def make(request: pytest.FixtureRequest, tmp_path: Path) -> Make:
-    if request.param == "sqlite":
-        return lambda: SqliteStore(f"sqlite:{tmp_path / 'store.db'}")
-    server: RedisServer = request.getfixturevalue("redis_server")
-    return lambda: RedisStore(server.url)
+@pytest.fixture
+def make(tmp_path: Path) -> Make:
+    """A journal's store: SQLite (Redis is a shared store, tested below)."""
+    return lambda: SqliteStore(f"sqlite:{tmp_path / 'store.db'}")
 
 
 def test_records_rows_and_checkpoints_come_back(make: Make) -> None:
@@ -61,7 +60,7 @@ def test_records_rows_and_checkpoints_come_back(make: Make) -> None:
     asyncio.run(main())
 
 
-def test_one_server_writes_a_store_at_a_time(make: Make) -> None:
+def test_one_server_writes_a_sqlite_store_at_a_time(make: Make) -> None:
     async def main() -> None:
         first = make()
         await first.open()
@@ -73,6 +72,52 @@ def test_one_server_writes_a_store_at_a_time(make: Make) -> None:
         third = make()  # the first gave it back
         await third.open()
         await third.close()
+
+    asyncio.run(main())
+
+
+def test_redis_writes_are_compare_and_set_per_session(redis_server: RedisServer) -> None:
+    async def main() -> None:
+        store = RedisStore(redis_server.url)
+        await store.open()
+        ttl = 60_000
+        assert await store.write([("a", CREATE, 0, b"a0"), ("a", CREATE, 0, b"again")], ttl) == [
+            APPLIED,
+            CONFLICT,  # the id is taken
+        ]
+        assert await store.load("a") == b"a0"
+        steps = [("a", 0, 3, b"a3"), ("a", 0, 3, b"other"), ("a", 3, 4, b"a4"), ("b", 0, 1, b"")]
+        assert await store.write(steps, ttl) == [APPLIED, CONFLICT, APPLIED, MISSING]
+        assert await store.load("a") == b"a4"
+        assert await store.write([("a", EXISTING, 0, b"zero"), ("b", EXISTING, 0, b"z")], ttl) == [
+            APPLIED,
+            CONFLICT,  # no such session to reset
+        ]
+        assert await store.write([("a", 0, 1, b"a1")], ttl) == [APPLIED]  # from the reset
+        assert await store.write([("a", DELETE, 0, b""), ("a", 1, 2, b"late")], ttl) == [
+            APPLIED,
+            MISSING,
+        ]
+        assert await store.load("a") is None
+        await store.write([("short", CREATE, 0, b"s")], 200)  # the TTL is Redis's own expiry
+        await asyncio.sleep(0.4)
+        assert await store.load("short") is None
+        await store.close()
+
+    asyncio.run(main())
+
+
+def test_a_redis_prefix_of_another_format_is_refused(redis_server: RedisServer) -> None:
+    async def main() -> None:
+        import redis.asyncio as aredis
+
+        client = aredis.from_url(redis_server.url)
+        await client.set("old:format", "seqserve.store/v0")
+        await client.aclose()
+        store = RedisStore(f"{redis_server.url}?prefix=old")
+        with pytest.raises(StoreError, match=r"expected a store of format 'seqserve\.shared/v1'"):
+            await store.open()
+        await store.close()
 
     asyncio.run(main())
 
@@ -95,6 +140,7 @@ def test_an_unreachable_redis_is_a_clear_error() -> None:
         ("sqlite:relative/s.db?sync=full", SqliteStore),
         ("redis://localhost:6379/2", RedisStore),
         ("redis://db.internal/0?prefix=prod", RedisStore),
+        ("redis://node-0:7000?cluster=1", RedisStore),
     ],
 )
 def test_store_specs(spec: str, kind: type | None) -> None:
@@ -104,7 +150,17 @@ def test_store_specs(spec: str, kind: type | None) -> None:
 
 
 @pytest.mark.parametrize(
-    "spec", ["", "disk", "sqlite:", "sqlite:/x?sync=sometimes", "sqlite:/x?mode=ro", "http://x"]
+    "spec",
+    [
+        "",
+        "disk",
+        "sqlite:",
+        "sqlite:/x?sync=sometimes",
+        "sqlite:/x?mode=ro",
+        "http://x",
+        "redis://x?cluster=yes",
+        "redis://x?prefix=a{b}",
+    ],
 )
 def test_bad_store_specs_say_what_was_expected(spec: str) -> None:
     with pytest.raises(ValueError, match="expected"):

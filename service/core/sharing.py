@@ -1,0 +1,360 @@
+"""Shared sessions: one store that every replica serves from (seqserve.store.redis).
+
+The store is the system of record; a replica's slabs are a write-through
+cache of the sessions it has served. Routing (a proxy hashing on the session
+header, or client-side ring hash) keeps a session on one replica for
+locality, but correctness never depends on it:
+
+- A replica asked for a session it does not hold loads its row from the
+  store (`ensure`); so does one whose copy may be stale: idle past the TTL,
+  or asked for a position beyond its own with nothing of it in flight.
+- Every change is written before it is answered, as a compare-and-set: a
+  step's new row only if the stored session is still at the position the
+  step started from, a create only if the id is free, a reset only if the
+  session exists (seqserve.store.redis has the script). Writes are
+  group-committed: what rounds produce while one write is in flight goes in
+  the next.
+- A write whose condition fails means another replica changed the session
+  first. This replica drops its copy (`evict`), and the steps it answered
+  from that copy fail with UNAVAILABLE: not applied here, so a client
+  retries them, and the retry, served from the fresh row, is applied or
+  answered again from the session's retained answers (exactly once, by
+  position). Two replicas racing on one position: one is applied, the other
+  answered UNAVAILABLE and then, on its retry, either answered again (same
+  request) or refused with FAILED_PRECONDITION (another request).
+- A replica that dies mid-round leaves the store at the session's last
+  acknowledged step or one after it that was written but never answered;
+  any replica continues from there at once: there is no lease to wait for.
+- A store that cannot be reached fails the waiting steps with UNAVAILABLE
+  and drops the sessions they touched from the cache (their fate is not
+  known); the server keeps serving and recovers when the store does.
+- Idle sessions expire in the store (the key's TTL, renewed on each write);
+  evicting a cached copy never deletes anything there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from seqserve.core import records
+from seqserve.core.directory import SLOT, VERSION, Session, SessionDirectory
+from seqserve.core.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    NotFound,
+    SeqServeError,
+    Unavailable,
+)
+from seqserve.core.records import SessionRow, decode_row, encode_row
+from seqserve.core.snapshots import check_shapes, install, snapshot
+from seqserve.core.versions import ModelVersion
+
+log = logging.getLogger(__name__)
+
+# The condition of a write: a position (the session must be there), or one of these.
+CREATE = -1  # the id must be free
+EXISTING = -2  # the session must exist
+DELETE = -3  # unconditional delete
+
+# (session id, condition, the new position, the new row)
+Op = tuple[str, int, int, bytes]
+
+# What became of each op.
+CONFLICT = 0  # its condition did not hold
+APPLIED = 1
+MISSING = 2  # a step's session is not in the store (closed or expired elsewhere)
+
+
+class SharedStore(Protocol):
+    """A store several servers use at once, one compare-and-set per session."""
+
+    @property
+    def name(self) -> str: ...
+
+    async def open(self) -> None: ...
+
+    async def load(self, session_id: str) -> bytes | None:
+        """The session's row, or None if there is none (never created, closed, expired)."""
+        ...
+
+    async def write(self, ops: list[Op], ttl_ms: int) -> list[int]:
+        """Apply each op whose condition holds, in order: APPLIED, CONFLICT or MISSING each."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class _Pending:
+    __slots__ = ("future", "kind", "ops")
+
+    def __init__(self, ops: list[Op], kind: str, future: asyncio.Future[None]) -> None:
+        self.ops = ops
+        self.kind = kind
+        self.future = future
+
+
+class Sharing:
+    """What the session manager does differently with a shared store."""
+
+    def __init__(
+        self,
+        store: SharedStore,
+        versions: list[ModelVersion],
+        ttl_s: float,
+        mono: Callable[[], float],
+    ) -> None:
+        self.store = store
+        self.versions = versions
+        self.ttl_s = ttl_s
+        self.ttl_ms = max(1, int(ttl_s * 1000))
+        self.mono = mono
+        self.journal = self  # the rounds' view: append(record) and barrier()
+        self._directory: SessionDirectory | None = None
+        self._by_label: dict[str, ModelVersion] = {}  # from open: versions come after
+        self._pending: list[_Pending] = []
+        self._batch: asyncio.Future[None] | None = None  # done when the pending ops are written
+        self._in_flight: asyncio.Future[None] | None = None
+        self._wake: asyncio.Event | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._loading: dict[str, asyncio.Future[None]] = {}
+        # Figures for tests and metrics.
+        self.loads = 0
+        self.conflicts = 0
+        self.writes = 0
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def open(self, directory: SessionDirectory) -> None:
+        self._directory = directory
+        self._by_label = {v.label: v for v in self.versions}
+        directory.on_close = None  # a cached copy going never deletes the stored session
+        await self.store.open()
+        self._wake = asyncio.Event()
+        self._writer = asyncio.create_task(self._write_forever(), name="shared store writer")
+        log.info("store %s: sessions shared with every server that uses it", self.store.name)
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            while self._pending or (self._in_flight is not None and not self._in_flight.done()):
+                await asyncio.sleep(0.005)  # what was applied is written before closing
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+            self._writer = None
+        await self.store.close()
+
+    # --- the cache ------------------------------------------------------------------------
+
+    async def ensure(
+        self, session_id: str, position: int | None = None, *, latest: bool = False
+    ) -> None:
+        """Make this replica's copy of the session current enough to serve the request:
+        at `position` if given, the store's latest if `latest` (a read: info, forecast)."""
+        if not self.stale(session_id, position, latest=latest):
+            return
+        assert self._directory is not None
+        cached = self._directory.get(session_id)
+        loading = self._loading.get(session_id)
+        if loading is None:
+            loading = asyncio.get_running_loop().create_future()
+            self._loading[session_id] = loading
+            try:
+                await self._load(session_id, cached)
+            except BaseException as exc:
+                loading.set_exception(exc)
+                loading.exception()  # retrieved: the other waiters see it
+                raise
+            else:
+                loading.set_result(None)
+            finally:
+                del self._loading[session_id]
+        else:
+            await asyncio.shield(loading)
+
+    def stale(self, session_id: str, position: int | None = None, *, latest: bool = False) -> bool:
+        """Whether this server's copy is missing or may be older than the store's."""
+        directory = self._directory
+        assert directory is not None, "the shared store is not open"
+        s = directory.get(session_id)
+        return s is None or not self._fresh(s, position, latest)
+
+    def _fresh(self, s: Session, position: int | None, latest: bool) -> bool:
+        version = self.versions[s[VERSION]]
+        slab, slot = version.slab, s[SLOT]
+        if self.mono() - float(slab.last_access[slot]) > self.ttl_s:
+            return False  # idle here: another replica may have served it since
+        if latest:
+            return version.batcher.busy(slot)  # read it again, unless it is being stepped here
+        if position is None or position <= int(slab.position[slot]):
+            return True
+        # Asked for a position beyond ours: stale, unless steps of it are on their way here.
+        return version.batcher.busy(slot)
+
+    async def _load(self, session_id: str, cached: Session | None) -> None:
+        directory = self._directory
+        assert directory is not None
+        try:
+            data = await self.store.load(session_id)
+        except Exception as exc:
+            log.warning(
+                "store %s: a read failed (%s: %s)", self.store.name, type(exc).__name__, exc
+            )
+            raise Unavailable(
+                f"the session store is unavailable ({type(exc).__name__}): retry"
+            ) from exc
+        s = directory.get(session_id)
+        if s is not None:
+            if s is not cached:
+                return  # created or loaded here while the store answered
+            self.evict(session_id)
+        if data is None:
+            return  # nothing stored: the lookup that follows says NOT_FOUND
+        row = decode_row(data)
+        version = self._by_label.get(row.label)
+        if version is None:
+            raise FailedPrecondition(
+                f"session {session_id!r} is on model version {row.label}, which this server "
+                "does not serve"
+            )
+        problem = check_shapes(version, row)
+        if problem is not None:
+            raise FailedPrecondition(f"session {session_id!r} cannot be served here: {problem}")
+        s = directory.create(version, session_id, row.principal)
+        install(version, s[SLOT], row, self.mono(), time.time())
+        version.slab.moved.pop(session_id, None)
+        self.loads += 1
+
+    def evict(self, session_id: str) -> None:
+        """Drop this replica's copy (it may be stale); the store keeps the session."""
+        directory = self._directory
+        assert directory is not None
+        s = directory.get(session_id)
+        if s is None:
+            return
+        slab = self.versions[s[VERSION]].slab
+        slab.mark_moved(session_id)
+        directory.close(s)
+
+    # --- writes ---------------------------------------------------------------------------
+
+    def row(self, s: Session) -> bytes:
+        version = self.versions[s[VERSION]]
+        return encode_row(snapshot(version, s, self.mono(), time.time()))
+
+    def created(self, s: Session, label: str) -> asyncio.Future[None]:
+        del label
+        return self._add([(s[0], CREATE, 0, self.row(s))], "create")
+
+    def imported(self, s: Session, row: SessionRow) -> asyncio.Future[None]:
+        return self._add([(s[0], CREATE, row.position, self.row(s))], "create")
+
+    def reset(self, s: Session) -> asyncio.Future[None]:
+        return self._add([(s[0], EXISTING, 0, self.row(s))], "reset")
+
+    def closed(self, session_id: str) -> asyncio.Future[None]:
+        return self._add([(session_id, DELETE, 0, b"")], "close")
+
+    def append(self, record: bytes) -> asyncio.Future[None]:
+        """A round's applied steps (a STEPS record): each session's new row, by CAS."""
+        directory = self._directory
+        assert directory is not None
+        rec = records.decode(record)
+        assert isinstance(rec, records.Steps), "rounds append only steps"
+        t = rec.x.shape[1]
+        ops: list[Op] = []
+        for sid, start in zip(rec.ids, rec.starts.tolist(), strict=True):
+            s = directory.get(sid)
+            if s is None:  # evicted since its round committed: nothing to write, not answered
+                ops.append((sid, start, start + t, b""))
+                continue
+            ops.append((sid, start, start + t, self.row(s)))
+        return self._add(ops, "steps")
+
+    def barrier(self) -> asyncio.Future[None] | None:
+        """Done once everything added so far is written (whatever each op's outcome)."""
+        if self._pending:
+            return self._batch
+        if self._in_flight is not None and not self._in_flight.done():
+            return self._in_flight
+        return None
+
+    def _add(self, ops: list[Op], kind: str) -> asyncio.Future[None]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        if self._wake is None:
+            future.set_exception(Unavailable("the session store is not open"))
+            future.exception()
+            return future
+        if not self._pending:
+            self._batch = loop.create_future()
+        self._pending.append(_Pending(ops, kind, future))
+        self._wake.set()
+        return future
+
+    async def _write_forever(self) -> None:
+        assert self._wake is not None
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                batch, self._pending = self._pending, []
+                done, self._batch = self._batch, None
+                self._in_flight = done
+                ops = [op for p in batch for op in p.ops if op[3] or op[1] == DELETE]
+                try:
+                    applied = await self.store.write(ops, self.ttl_ms) if ops else []
+                except Exception as exc:
+                    self._store_failed(batch, exc)
+                else:
+                    self.writes += 1
+                    self._settle(batch, applied)
+                if done is not None and not done.done():
+                    done.set_result(None)
+
+    def _settle(self, batch: list[_Pending], outcomes: list[int]) -> None:
+        results = iter(outcomes)
+        for p in batch:
+            lost: list[str] = []
+            missing = False
+            for op in p.ops:
+                outcome = next(results) if op[3] or op[1] == DELETE else CONFLICT
+                if outcome != APPLIED:
+                    lost.append(op[0])
+                    missing = missing or outcome == MISSING
+            if not lost:
+                p.future.set_result(None)
+                continue
+            p.future.set_exception(self._refusal(p.kind, lost, missing))
+            p.future.exception()  # retrieved: whoever waits on it sees it, nobody must
+            if p.kind != "close":
+                for sid in lost:
+                    self.evict(sid)
+
+    def _refusal(self, kind: str, lost: list[str], missing: bool) -> SeqServeError:
+        sid = lost[0]
+        if kind == "create":
+            return AlreadyExists(f"session {sid!r} already exists")
+        if kind == "reset" or missing:
+            return NotFound(
+                f"session {sid!r} was closed or expired on another server; the step was not applied"
+            )
+        self.conflicts += len(lost)
+        return Unavailable(
+            f"session {sid!r} was changed on another server while this step ran here; "
+            "it was not applied: send it again"
+        )
+
+    def _store_failed(self, batch: list[_Pending], exc: BaseException) -> None:
+        log.error("store %s: a write failed (%s: %s)", self.store.name, type(exc).__name__, exc)
+        err = Unavailable(f"the session store is unavailable ({type(exc).__name__}): retry")
+        for p in batch:
+            p.future.set_exception(err)
+            p.future.exception()
+            for op in p.ops:  # their fate in the store is not known: reload when next asked
+                if op[1] != DELETE:
+                    self.evict(op[0])
