@@ -25,6 +25,21 @@ ArrayLike = npt.ArrayLike
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
+# The request metadata that names the session a call is for, so that a proxy (Envoy's
+# ring_hash) or gRPC's client-side ring hash keeps each session on one replica. Routing
+# only: the server does not read it, and a call that lands elsewhere still works.
+SESSION_HEADER = "x-seqserve-session"
+
+Metadata = tuple[tuple[str, str], ...]
+
+
+def routed(session_id: str | None) -> Metadata:
+    """The routing metadata of a call for one session (none for an id metadata cannot carry)."""
+    if not session_id or not session_id.isascii():
+        return ()
+    return ((SESSION_HEADER, session_id),)
+
+
 def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
     return [
         ("grpc.max_receive_message_length", max_message_bytes),
@@ -115,6 +130,16 @@ def from_rpc_error(exc: grpc.RpcError) -> SeqServeClientError:
     code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
     details = exc.details() if hasattr(exc, "details") else str(exc)
     return error_for(code, details or "")
+
+
+def from_stream_error(exc: grpc.RpcError) -> SeqServeClientError:
+    """`from_rpc_error` for a stream's own status. A proxy that loses its upstream mid-stream
+    (Envoy when a replica dies) resets the stream: gRPC reports INTERNAL "RST_STREAM", which
+    is a broken stream like any other, so it is UNAVAILABLE here (resent by position)."""
+    err = from_rpc_error(exc)
+    if err.code == grpc.StatusCode.INTERNAL and "RST_STREAM" in err.message:
+        return UnavailableError(f"the stream was reset on its way ({err.message})")
+    return err
 
 
 # google.rpc.Code numbers to grpc's codes (a StatusCode's value is (number, name)).

@@ -32,7 +32,9 @@ from seqserve.client._common import (
     create_request,
     forecast_outputs,
     from_rpc_error,
+    from_stream_error,
     import_request,
+    routed,
     step_outputs,
     step_request,
     steps_in,
@@ -107,24 +109,40 @@ class AsyncClient:
     ) -> SessionInfo:
         request = create_request(model, version, session_id)
         return SessionInfo.from_pb(
-            await _call(self._stub.CreateSession(request, timeout=self.timeout))
+            await _call(
+                self._stub.CreateSession(
+                    request, timeout=self.timeout, metadata=routed(request.session_id)
+                )
+            )
         )
 
     async def get_session(self, session_id: str) -> SessionInfo:
         request = pb.GetSessionRequest(session_id=session_id)
         return SessionInfo.from_pb(
-            await _call(self._stub.GetSession(request, timeout=self.timeout))
+            await _call(
+                self._stub.GetSession(
+                    request, timeout=self.timeout, metadata=routed(request.session_id)
+                )
+            )
         )
 
     async def reset_session(self, session_id: str) -> SessionInfo:
         request = pb.ResetSessionRequest(session_id=session_id)
         return SessionInfo.from_pb(
-            await _call(self._stub.ResetSession(request, timeout=self.timeout))
+            await _call(
+                self._stub.ResetSession(
+                    request, timeout=self.timeout, metadata=routed(request.session_id)
+                )
+            )
         )
 
     async def close_session(self, session_id: str) -> int:
         request = pb.CloseSessionRequest(session_id=session_id)
-        response = await _call(self._stub.CloseSession(request, timeout=self.timeout))
+        response = await _call(
+            self._stub.CloseSession(
+                request, timeout=self.timeout, metadata=routed(request.session_id)
+            )
+        )
         return int(response.position)
 
     @contextlib.asynccontextmanager
@@ -142,7 +160,11 @@ class AsyncClient:
 
     async def step(self, session_id: str, values: ArrayLike, position: int | None = None) -> F32:
         request = step_request(session_id, values, position=position)
-        return step_outputs(await _call(self._stub.Step(request, timeout=self.timeout)))
+        return step_outputs(
+            await _call(
+                self._stub.Step(request, timeout=self.timeout, metadata=routed(request.session_id))
+            )
+        )
 
     async def step_stream(
         self, steps: Iterable[StepItem] | AsyncIterable[StepItem]
@@ -174,18 +196,30 @@ class AsyncClient:
 
     async def export_session(self, session_id: str) -> bytes:
         request = pb.ExportSessionRequest(session_id=session_id)
-        state = await _call(self._stub.ExportSession(request, timeout=self.timeout))
+        state = await _call(
+            self._stub.ExportSession(
+                request, timeout=self.timeout, metadata=routed(request.session_id)
+            )
+        )
         return bytes(state.SerializeToString())
 
     async def import_session(self, state: bytes, session_id: str | None = None) -> SessionInfo:
         request = import_request(state, session_id)
         return SessionInfo.from_pb(
-            await _call(self._stub.ImportSession(request, timeout=self.timeout))
+            await _call(
+                self._stub.ImportSession(
+                    request,
+                    timeout=self.timeout,
+                    metadata=routed(request.session_id or request.state.session_id),
+                )
+            )
         )
 
     async def forecast(self, session_id: str, horizon: int) -> F32:
         request = pb.ForecastRequest(session_id=session_id, horizon=horizon)
-        response = await _call(self._stub.Forecast(request, timeout=self.timeout))
+        response = await _call(
+            self._stub.Forecast(request, timeout=self.timeout, metadata=routed(request.session_id))
+        )
         return forecast_outputs(response)
 
 
@@ -255,7 +289,9 @@ class AsyncSession:
                 yield request
 
         for delay in itertools.chain(self.client.retry.delays(), [None]):
-            call = self.client._stub.StepStream(requests([r for _, r in pending]))
+            call = self.client._stub.StepStream(
+                requests([r for _, r in pending]), metadata=routed(self.id)
+            )
             try:
                 async for response in call:
                     outputs = step_outputs(response)  # raises in-band errors
@@ -271,7 +307,7 @@ class AsyncSession:
                     return
                 raise UnavailableError("the stream ended with steps unanswered")
             except grpc.RpcError as exc:
-                err = from_rpc_error(exc)
+                err = from_stream_error(exc)
                 if not isinstance(err, UnavailableError) or delay is None:
                     raise err from None
             except UnavailableError:

@@ -33,7 +33,9 @@ from seqserve.client._common import (
     create_request,
     forecast_outputs,
     from_rpc_error,
+    from_stream_error,
     import_request,
+    routed,
     step_outputs,
     step_request,
     steps_in,
@@ -109,25 +111,41 @@ class Client:
     ) -> SessionInfo:
         request = create_request(model, version, session_id)
         return SessionInfo.from_pb(
-            _call(lambda: self._stub.CreateSession(request, timeout=self.timeout))
+            _call(
+                lambda: self._stub.CreateSession(
+                    request, timeout=self.timeout, metadata=routed(request.session_id)
+                )
+            )
         )
 
     def get_session(self, session_id: str) -> SessionInfo:
         request = pb.GetSessionRequest(session_id=session_id)
         return SessionInfo.from_pb(
-            _call(lambda: self._stub.GetSession(request, timeout=self.timeout))
+            _call(
+                lambda: self._stub.GetSession(
+                    request, timeout=self.timeout, metadata=routed(request.session_id)
+                )
+            )
         )
 
     def reset_session(self, session_id: str) -> SessionInfo:
         request = pb.ResetSessionRequest(session_id=session_id)
         return SessionInfo.from_pb(
-            _call(lambda: self._stub.ResetSession(request, timeout=self.timeout))
+            _call(
+                lambda: self._stub.ResetSession(
+                    request, timeout=self.timeout, metadata=routed(request.session_id)
+                )
+            )
         )
 
     def close_session(self, session_id: str) -> int:
         """Close the session; returns the steps it had consumed."""
         request = pb.CloseSessionRequest(session_id=session_id)
-        response = _call(lambda: self._stub.CloseSession(request, timeout=self.timeout))
+        response = _call(
+            lambda: self._stub.CloseSession(
+                request, timeout=self.timeout, metadata=routed(request.session_id)
+            )
+        )
         return int(response.position)
 
     def session(
@@ -142,7 +160,13 @@ class Client:
     def step(self, session_id: str, values: ArrayLike, position: int | None = None) -> F32:
         """One unary step call: values (F,) or (T, F) -> outputs (T, O)."""
         request = step_request(session_id, values, position=position)
-        return step_outputs(_call(lambda: self._stub.Step(request, timeout=self.timeout)))
+        return step_outputs(
+            _call(
+                lambda: self._stub.Step(
+                    request, timeout=self.timeout, metadata=routed(request.session_id)
+                )
+            )
+        )
 
     def step_stream(
         self, steps: Iterable[tuple[str, ArrayLike]]
@@ -180,20 +204,34 @@ class Client:
     def export_session(self, session_id: str) -> bytes:
         """A session's whole state, checksummed: a serialized seqserve.v1.SessionState."""
         request = pb.ExportSessionRequest(session_id=session_id)
-        state = _call(lambda: self._stub.ExportSession(request, timeout=self.timeout))
+        state = _call(
+            lambda: self._stub.ExportSession(
+                request, timeout=self.timeout, metadata=routed(request.session_id)
+            )
+        )
         return bytes(state.SerializeToString())
 
     def import_session(self, state: bytes, session_id: str | None = None) -> SessionInfo:
         """A new session from `export_session`'s bytes (its id, unless `session_id` is given)."""
         request = import_request(state, session_id)
         return SessionInfo.from_pb(
-            _call(lambda: self._stub.ImportSession(request, timeout=self.timeout))
+            _call(
+                lambda: self._stub.ImportSession(
+                    request,
+                    timeout=self.timeout,
+                    metadata=routed(request.session_id or request.state.session_id),
+                )
+            )
         )
 
     def forecast(self, session_id: str, horizon: int) -> F32:
         """Roll an autoregressive model forward: outputs (horizon, O); the session is unchanged."""
         request = pb.ForecastRequest(session_id=session_id, horizon=horizon)
-        response = _call(lambda: self._stub.Forecast(request, timeout=self.timeout))
+        response = _call(
+            lambda: self._stub.Forecast(
+                request, timeout=self.timeout, metadata=routed(request.session_id)
+            )
+        )
         return forecast_outputs(response)
 
 
@@ -273,14 +311,14 @@ class Session:
                     time.sleep(delay)
 
     def _attempt(self, window: _Window) -> Iterator[F32]:
-        responses = self.client._stub.StepStream(window.requests())
+        responses = self.client._stub.StepStream(window.requests(), metadata=routed(self.id))
         try:
             for response in responses:
                 outputs, position = window.answered(response)
                 self.position = position
                 yield outputs
         except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from None
+            raise from_stream_error(exc) from None
         finally:
             responses.cancel()
             window.broken()

