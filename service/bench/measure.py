@@ -30,12 +30,16 @@ class Context:
     say: Callable[[str], None]
     start_scale_server: Callable[[int], ServerProcess] | None  # None when --target is used
     pids: dict[str, int] = field(default_factory=dict)  # address -> pid of servers started here
+    # address -> CPU seconds of what serves it, where that is not one pid (a proxy's replicas)
+    probes: dict[str, Callable[[], tuple[float, ...]]] = field(default_factory=dict)
     rows: list[Row] = field(default_factory=list)
     samples: dict[str, dict[str, npt.NDArray[np.int64]]] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
     measured: dict[str, Measured] = field(default_factory=dict)  # for reuse between scenarios
 
     def cpu_probe(self, target: str) -> Callable[[], tuple[float, ...]] | None:
+        if target in self.probes:
+            return self.probes[target]
         pid = self.pids.get(target)
         return None if pid is None else lambda: cpu_seconds(pid)
 

@@ -18,12 +18,13 @@ from seqserve.bench.measure import Context
 from seqserve.bench.modelrepo import VERSION, build_repository
 from seqserve.bench.pool import ClientPool
 from seqserve.bench.procs import ServerProcess, echo_server, reference_server, seqserve_server
+from seqserve.bench.replicas import replicas
 from seqserve.bench.report import Row, format_markdown, format_table, write_json
 from seqserve.bench.scale import scale
 from seqserve.bench.stores import stores
 from seqserve.core.spec import ModelSpec
 
-ALL_SCENARIOS = ("1", "2", "3", "4", "5", "6", "7")
+ALL_SCENARIOS = ("1", "2", "3", "4", "5", "6", "7", "8")
 MAIN_SERVER_SESSIONS = 100_000
 
 
@@ -123,6 +124,8 @@ def run(opts: RunOptions) -> tuple[list[Row], int]:
             _scenarios(ctx, opts.only)
             if "7" in opts.only and opts.target is None:  # servers of its own
                 stores(ctx, store_server, opts.out)
+            if "8" in opts.only and opts.target is None:
+                replicas(ctx, store_server)
         except Exception:
             if opts.target is None:  # the server's own account of what went wrong
                 print(

@@ -42,6 +42,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from seqserve.core import records
+from seqserve.core.cas import APPLIED, CONFLICT, CREATE, DELETE, EXISTING, MISSING, Op
 from seqserve.core.directory import SLOT, VERSION, Session, SessionDirectory
 from seqserve.core.errors import (
     AlreadyExists,
@@ -55,19 +56,6 @@ from seqserve.core.snapshots import check_shapes, install, snapshot
 from seqserve.core.versions import ModelVersion
 
 log = logging.getLogger(__name__)
-
-# The condition of a write: a position (the session must be there), or one of these.
-CREATE = -1  # the id must be free
-EXISTING = -2  # the session must exist
-DELETE = -3  # unconditional delete
-
-# (session id, condition, the new position, the new row)
-Op = tuple[str, int, int, bytes]
-
-# What became of each op.
-CONFLICT = 0  # its condition did not hold
-APPLIED = 1
-MISSING = 2  # a step's session is not in the store (closed or expired elsewhere)
 
 
 class SharedStore(Protocol):

@@ -10,8 +10,11 @@ store (SQLite), a shared store (Redis), or None for memory.
 
 from __future__ import annotations
 
-from seqserve.core.journal import LogStore
-from seqserve.core.sharing import SharedStore
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # settings parse --store with this module: it stays light
+    from seqserve.core.journal import LogStore
+    from seqserve.core.sharing import SharedStore
 
 KINDS = ("memory", "sqlite:PATH", "redis://HOST:PORT/DB")
 

@@ -36,8 +36,8 @@ from collections import defaultdict
 from typing import Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
+from seqserve.core.cas import CONFLICT, CREATE, DELETE, EXISTING, Op
 from seqserve.core.journal import StoreError
-from seqserve.core.sharing import CONFLICT, CREATE, DELETE, EXISTING, Op
 
 log = logging.getLogger(__name__)
 

@@ -86,6 +86,13 @@ def test_every_scenario_reports_its_figures(smoke_run: tuple[Path, str]) -> None
             f"steps/s, {SMOKE.store_streams} streams",
             f"B={max(SMOKE.batch_sizes)} x{max(SMOKE.inflight)} session-steps/s",
         }
+    n = SMOKE.store_streams  # redis-server and envoy (a dev dependency) are installed too
+    assert by_scenario["8 replicas"] == {
+        "p50 round trip, Envoy + Redis, 1 stream",
+        f"steps/s, {n} streams, 2 replicas",
+        f"server CPU per step, {n} streams, 1 replica",
+        f"server CPU per step, {n} streams, 2 replicas",
+    }
 
 
 def test_figures_are_measurements_with_consistent_floors(smoke_run: tuple[Path, str]) -> None:

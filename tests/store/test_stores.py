@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from seqserve.core.cas import APPLIED, CONFLICT, CREATE, DELETE, EXISTING, MISSING
 from seqserve.core.journal import LogStore, StoreError
-from seqserve.core.sharing import APPLIED, CONFLICT, CREATE, DELETE, EXISTING, MISSING
 from seqserve.store import check, open_store
 from seqserve.store.redis import RedisStore
 from seqserve.store.sqlite import SqliteStore
