@@ -136,9 +136,12 @@ def check(c: Checks) -> None:
         f"compose.yaml: expected a published port for container port {port}",
     )
 
-    kinds = {doc["kind"]: (path.name, doc) for path, doc in documents(DEPLOY / "k8s")}
-    _, configmap = kinds["ConfigMap"]
-    _, deployment = kinds["Deployment"]
+    kinds = {
+        (doc["kind"], doc["metadata"]["name"]): (path.name, doc)
+        for path, doc in documents(DEPLOY / "k8s")
+    }
+    _, configmap = kinds[("ConfigMap", "seqserve")]
+    _, deployment = kinds[("Deployment", "seqserve")]
     pod = deployment["spec"]["template"]
     pod_labels = pod["metadata"]["labels"]
     (container,) = pod["spec"]["containers"]
@@ -149,6 +152,13 @@ def check(c: Checks) -> None:
         {"configMapRef": {"name": configmap["metadata"]["name"]}} in container.get("envFrom", []),
         "deployment.yaml: expected envFrom the ConfigMap",
     )
+    _, secret = kinds[("Secret", "seqserve-store")]
+    c.variables("store-secret.yaml", {str(k): str(v) for k, v in secret["stringData"].items()})
+    c.expect(
+        {"secretRef": {"name": "seqserve-store", "optional": True}} in container["envFrom"],
+        "deployment.yaml: expected envFrom the store Secret (optional)",
+    )
+    shared(c, kinds, pod["metadata"]["labels"], port)
 
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     c.expect(ports.get("grpc") == port, f"deployment.yaml: expected port grpc: {port}")
@@ -166,7 +176,7 @@ def check(c: Checks) -> None:
         f"{pause:g}s + SEQSERVE_GRACE_PERIOD {grace:g}s",
     )
 
-    _, service = kinds["Service"]
+    _, service = kinds[("Service", "seqserve")]
     c.expect(
         service["spec"]["selector"].items() <= pod_labels.items(),
         "service.yaml: selector does not match the pods",
@@ -175,13 +185,13 @@ def check(c: Checks) -> None:
         all(p["targetPort"] in ("grpc", port) for p in service["spec"]["ports"]),
         f"service.yaml: expected targetPort grpc or {port}",
     )
-    _, hpa = kinds["HorizontalPodAutoscaler"]
+    _, hpa = kinds[("HorizontalPodAutoscaler", "seqserve")]
     target = hpa["spec"]["scaleTargetRef"]
     c.expect(
         (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"]),
         "hpa.yaml: scaleTargetRef is not the Deployment",
     )
-    _, pdb = kinds["PodDisruptionBudget"]
+    _, pdb = kinds[("PodDisruptionBudget", "seqserve")]
     c.expect(
         pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items(),
         "pdb.yaml: selector does not match the pods",
@@ -196,6 +206,43 @@ def check(c: Checks) -> None:
             any(all(w in row for w in want) for row in rows),
             f"README.md: expected a table row with {', '.join(want)}",
         )
+
+
+def shared(c: Checks, kinds: dict[tuple[str, str], Any], pod_labels: dict[str, str], port: int) -> None:
+    """The replicas' parts: the headless Service, Envoy's config and the store's URL."""
+    _, headless = kinds[("Service", "seqserve-replicas")]
+    c.expect(
+        headless["spec"].get("clusterIP") == "None"
+        and headless["spec"]["selector"].items() <= pod_labels.items(),
+        "service-replicas.yaml: expected a headless Service over the pods",
+    )
+    envoy = (DEPLOY / "envoy" / "envoy.yaml").read_text()
+    upstream = "{address: seqserve, port_value: %d}" % port
+    c.expect(upstream in envoy, f"envoy/envoy.yaml: expected the upstream {upstream}")
+    _, envoy_map = kinds[("ConfigMap", "seqserve-envoy")]
+    in_cluster = envoy.replace(upstream, upstream.replace("seqserve,", "seqserve-replicas,"))
+    c.expect(
+        envoy_map["data"]["envoy.yaml"] == in_cluster,
+        "envoy-configmap.yaml: expected envoy/envoy.yaml with its upstream at seqserve-replicas",
+    )
+    _, secret = kinds[("Secret", "seqserve-store")]
+    _, redis = kinds[("Service", "seqserve-redis")]
+    redis_port = redis["spec"]["ports"][0]["port"]
+    c.expect(
+        secret["stringData"]["SEQSERVE_STORE"].startswith(f"redis://seqserve-redis:{redis_port}/"),
+        "store-secret.yaml: expected SEQSERVE_STORE at the seqserve-redis Service",
+    )
+    replicas = load(DEPLOY / "compose.replicas.yaml")["services"]
+    store = str(replicas["seqserve"]["environment"]["SEQSERVE_STORE"])
+    c.variables("compose.replicas.yaml", {"SEQSERVE_STORE": store})
+    c.expect(
+        store.startswith("redis://redis:") and "redis" in replicas,
+        "compose.replicas.yaml: expected SEQSERVE_STORE at its redis service",
+    )
+    c.expect(
+        "./envoy/envoy.yaml" in str(replicas["envoy"]["volumes"]),
+        "compose.replicas.yaml: expected envoy to mount envoy/envoy.yaml",
+    )
 
 
 def main(argv: list[str]) -> int:

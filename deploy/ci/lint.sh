@@ -5,8 +5,8 @@
 #   - yamllint on deploy/**/*.yaml;
 #   - kubernetes-validate --strict on deploy/k8s/*.yaml, against the oldest
 #     and the newest Kubernetes version supported;
-#   - `docker compose config` on deploy/compose.yaml (the Compose v2 binary
-#     itself: the Python wrapper around it always exits 0);
+#   - `docker compose config` on deploy/compose.yaml and compose.replicas.yaml
+#     (the Compose v2 binary itself: the Python wrapper around it always exits 0);
 #   - check_config.py: the files against each other, the server's settings
 #     and the README's configuration table.
 # The linters live in their own venv (deploy/ci/tools.sh), installed on first use.
@@ -64,6 +64,7 @@ run shellcheck "$TOOLS/bin/shellcheck" deploy/ci/*.sh .ci/run .ci/typecheck .ci/
 run yamllint "$TOOLS/bin/yamllint" --strict --config-file deploy/.yamllint.yaml deploy/
 run kubernetes-validate kubernetes_validate
 run "compose config" compose_validate deploy/compose.yaml
+run "compose config (replicas)" compose_validate deploy/compose.replicas.yaml
 run "compose validator exit status" compose_rejects_invalid
 # The linters' venv has no seqserve: it imports the settings from the sources.
 run "config consistency" env PYTHONPATH="$(bash "$repo/.ci/import-tree")" \
