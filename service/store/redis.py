@@ -31,6 +31,7 @@ seconds, then the steps waiting on them fail with UNAVAILABLE.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import defaultdict
 from typing import Any
@@ -126,11 +127,12 @@ class RedisStore:
         by_slot: dict[int, list[int]] = defaultdict(list)
         for i, op in enumerate(ops):
             by_slot[key_slot(self.key(op[0]).encode())].append(i)
+        groups = list(by_slot.values())
+        done = await asyncio.gather(*(self._script([ops[i] for i in g], ttl_ms) for g in groups))
         out = [CONFLICT] * len(ops)
-        for indices in by_slot.values():
-            done = await self._script([ops[i] for i in indices], ttl_ms)
-            for i, ok in zip(indices, done, strict=True):
-                out[i] = ok
+        for indices, outcomes in zip(groups, done, strict=True):
+            for i, outcome in zip(indices, outcomes, strict=True):
+                out[i] = outcome
         return out
 
     async def _script(self, ops: list[Op], ttl_ms: int) -> list[int]:

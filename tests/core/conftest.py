@@ -14,10 +14,10 @@ from seqserve.core.runtime import LoadedModel, ModelRegistry
 from seqserve.core.sessions import SessionManager
 from seqserve.core.settings import CoreSettings
 from seqserve.store.memory import MemoryDirectory
-from tests.store.conftest import redis_server
+from tests.store.conftest import redis_cluster, redis_server
 from tests.support import REPOSITORY_MODELS, ModelZoo, export_shapes
 
-__all__ = ["redis_server"]  # a fixture these tests share with tests/store
+__all__ = ["redis_cluster", "redis_server"]  # a fixture these tests share with tests/store
 
 PRINCIPAL = "anonymous"
 

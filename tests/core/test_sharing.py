@@ -19,7 +19,7 @@ from seqserve.core.settings import CoreSettings
 from seqserve.store import open_store
 from seqserve.store.memory import MemoryDirectory
 from tests.core.conftest import PRINCIPAL
-from tests.store.conftest import RedisServer
+from tests.store.conftest import RedisCluster, RedisServer
 from tests.support import ModelZoo, torch_reference
 
 ATOL = 1e-5
@@ -204,5 +204,36 @@ def test_redis_going_away_fails_steps_as_retryable_and_serving_resumes(
             redis_server.start()  # from its append-only file
             result = await a.step(sid, np.float32([2.0]), PRINCIPAL, position=1)
             assert result.position == 2
+
+    asyncio.run(main())
+
+
+def test_sessions_are_shared_on_a_redis_cluster(
+    registry: ModelRegistry, zoo: ModelZoo, redis_cluster: RedisCluster
+) -> None:
+    """Each session's keys are in one hash slot; sessions spread over the nodes."""
+    x = walk(9, 1, seed=8)
+    expected = torch_reference(zoo.modules[MODEL], x)
+
+    async def main() -> None:
+        async with replicas(registry, redis_cluster.url, 2) as (a, b):
+            ids = [
+                (await a.create_session(MODEL, None, f"sensor-{i}", PRINCIPAL)).session_id
+                for i in range(12)
+            ]
+            for sid in ids:
+                await a.step(sid, x[:3].ravel(), PRINCIPAL, position=0)
+                await b.step(sid, x[3:6].ravel(), PRINCIPAL, position=3)
+            values = np.tile(x[6:9].ravel(), 12)  # each item's 3 steps, item after item
+            result = await a.step_batch(ids, [3] * 12, values, PRINCIPAL, positions=[6] * 12)
+            assert not result.errors and result.positions == [9] * 12
+            for i in range(12):  # item i: its 3 outputs (time-major)
+                got = result.outputs[i * 3 : (i + 1) * 3]
+                np.testing.assert_allclose(got, expected[6:9, 0], atol=ATOL)
+            store = a.sharing.store if a.sharing else None
+            assert store is not None
+            client = store._client  # which node holds each session: more than one
+            nodes = {str(client.get_node_from_key(store.key(sid))) for sid in ids}
+            assert len(nodes) >= 2
 
     asyncio.run(main())

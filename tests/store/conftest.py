@@ -89,3 +89,85 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.kill()
+
+
+@dataclass
+class RedisCluster:
+    """Three redis-server nodes in cluster mode (no replicas), every slot assigned."""
+
+    folder: Path
+    ports: list[int]
+    procs: list[subprocess.Popen[bytes]]
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.ports[0]}/0?cluster=1"
+
+
+@pytest.fixture
+def redis_cluster(tmp_path: Path) -> Iterator[RedisCluster]:
+    binary, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+    if binary is None or cli is None:
+        raise RuntimeError(
+            "redis-server not found: .ci/run installs it (apt-get install redis-server)"
+        )
+    ports = [free_port() for _ in range(3)]
+    procs = []
+    for port in ports:
+        folder = tmp_path / f"node-{port}"
+        folder.mkdir()
+        procs.append(
+            subprocess.Popen(
+                [
+                    binary,
+                    "--port",
+                    str(port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--dir",
+                    str(folder),
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--appendonly",
+                    "yes",
+                    "--save",
+                    "",
+                ],
+                stdout=subprocess.DEVNULL,
+            )
+        )
+    cluster = RedisCluster(tmp_path, ports, procs)
+    try:
+        deadline = time.monotonic() + 10
+        for port in ports:
+            while True:
+                with socket.socket() as s:
+                    if s.connect_ex(("127.0.0.1", port)) == 0:
+                        break
+                assert time.monotonic() < deadline, f"redis-server did not listen on {port}"
+                time.sleep(0.02)
+        nodes = [f"127.0.0.1:{p}" for p in ports]
+        subprocess.run(
+            [cli, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+        while True:  # every node agrees the cluster is up
+            states = [
+                subprocess.run(
+                    [cli, "-p", str(p), "cluster", "info"], capture_output=True, text=True
+                ).stdout
+                for p in ports
+            ]
+            if all("cluster_state:ok" in s for s in states):
+                break
+            assert time.monotonic() < deadline + 20, "the cluster did not come up"
+            time.sleep(0.1)
+        yield cluster
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(timeout=10)
