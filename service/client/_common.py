@@ -7,6 +7,8 @@ F == 1) is one step and a 2-D array (T, F) is T steps. Outputs are always
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,8 +42,8 @@ def routed(session_id: str | None) -> Metadata:
     return ((SESSION_HEADER, session_id),)
 
 
-def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
-    return [
+def channel_options(max_message_bytes: int, ring_hash: bool = False) -> list[tuple[str, Any]]:
+    options: list[tuple[str, Any]] = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
         # Reconnect to a restarted server within moments (grpc's default backoff starts
@@ -50,6 +52,23 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
         ("grpc.min_reconnect_backoff_ms", 100),
         ("grpc.max_reconnect_backoff_ms", 2000),
     ]
+    if ring_hash:
+        options.append(("grpc.service_config", RING_HASH_CONFIG))
+    return options
+
+
+# Client-side routing by session, for a target that resolves to every replica (a
+# headless Service: dns:///seqserve-replicas:50051): gRPC's ring hash on the session
+# header. grpcio reads the header only with this experiment on, before its first channel.
+RING_HASH_ENV = "GRPC_EXPERIMENTAL_RING_HASH_SET_REQUEST_HASH_KEY"
+RING_HASH_CONFIG = json.dumps(
+    {"loadBalancingConfig": [{"ring_hash_experimental": {"requestHashHeader": SESSION_HEADER}}]}
+)
+
+
+def enable_ring_hash() -> None:
+    """Turn on grpcio's request-hash-header experiment (read when grpc's core starts)."""
+    os.environ.setdefault(RING_HASH_ENV, "true")
 
 
 class SeqServeClientError(Exception):

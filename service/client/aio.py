@@ -30,6 +30,7 @@ from seqserve.client._common import (
     batch_result,
     channel_options,
     create_request,
+    enable_ring_hash,
     forecast_outputs,
     from_rpc_error,
     from_stream_error,
@@ -76,12 +77,15 @@ class AsyncClient:
         timeout: float | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         retry: RetryPolicy = RetryPolicy(),  # noqa: B008 (frozen: one value shared)
+        ring_hash: bool = False,
     ) -> None:
         self.target = target
         self.timeout = timeout
         self.retry = retry  # how AsyncSession handles retry their steps (NO_RETRY: never)
+        if ring_hash:  # before the channel: grpcio reads the experiment there
+            enable_ring_hash()
         self._channel = grpc.aio.insecure_channel(
-            target, options=channel_options(max_message_bytes)
+            target, options=channel_options(max_message_bytes, ring_hash)
         )
         self._stub = pb_grpc.InferenceStub(self._channel)  # type: ignore[no-untyped-call]
 

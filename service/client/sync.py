@@ -31,6 +31,7 @@ from seqserve.client._common import (
     batch_result,
     channel_options,
     create_request,
+    enable_ring_hash,
     forecast_outputs,
     from_rpc_error,
     from_stream_error,
@@ -67,11 +68,16 @@ class Client:
         timeout: float | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         retry: RetryPolicy = RetryPolicy(),  # noqa: B008 (frozen: one value shared)
+        ring_hash: bool = False,
     ) -> None:
         self.target = target
         self.timeout = timeout  # per unary call; streams are not bounded
         self.retry = retry  # how Session handles retry their steps (NO_RETRY: never)
-        self._channel = grpc.insecure_channel(target, options=channel_options(max_message_bytes))
+        if ring_hash:  # before the channel: grpcio reads the experiment there
+            enable_ring_hash()
+        self._channel = grpc.insecure_channel(
+            target, options=channel_options(max_message_bytes, ring_hash)
+        )
         self._stub = pb_grpc.InferenceStub(self._channel)  # type: ignore[no-untyped-call]
 
     def close(self) -> None:

@@ -8,6 +8,7 @@ session's outputs must equal PyTorch's forward over the whole sequence.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
@@ -21,6 +22,7 @@ from seqserve.bench.envoy import Envoy
 from seqserve.client import (
     Client,
     FailedPreconditionError,
+    NotFoundError,
     RetryPolicy,
     UnavailableError,
 )
@@ -114,3 +116,45 @@ def test_steps_racing_on_two_replicas_are_applied_once_per_position(
         assert a.get_session(sid).position == 20 == b.get_session(sid).position
     assert outcomes["applied"] == 20
     assert outcomes["unavailable"] + outcomes["refused"] == 20
+
+
+@pytest.fixture
+def unshared(zoo: Zoo) -> Iterator[list[Restartable]]:
+    """Replicas that share nothing (memory store): a session works only where it was made."""
+    servers = [Restartable(zoo, "memory") for _ in range(3)]
+    for s in servers:
+        s.start()
+    yield servers
+    for s in servers:
+        s.kill()
+
+
+@pytest.mark.parametrize("route", ["envoy", "client ring hash"])
+def test_every_call_of_a_session_reaches_one_replica(
+    route: str, unshared: list[Restartable], tmp_path: Path
+) -> None:
+    """Routing by the session header, seen through replicas that share nothing: every
+    step finds its session only if it reached the replica that created it."""
+    with contextlib.ExitStack() as stack:
+        if route == "envoy":
+            target = stack.enter_context(Envoy(tmp_path, [r.port for r in unshared])).target
+            client = stack.enter_context(Client(target))
+        else:
+            target = "ipv4:" + ",".join(r.target for r in unshared)
+            client = stack.enter_context(Client(target, ring_hash=True))
+        ids = [f"meter-{i}" for i in range(30)]
+        for sid in ids:
+            client.create_session(MODEL, session_id=sid)
+            for k in range(5):
+                client.step(sid, np.float32([k, -k]), position=k)
+            assert client.get_session(sid).position == 5
+    holders = []
+    for replica in unshared:
+        with Client(replica.target) as direct:
+            held = 0
+            for sid in ids:
+                with contextlib.suppress(NotFoundError):
+                    held += direct.get_session(sid).position == 5
+            holders.append(held)
+    assert sum(holders) == len(ids)  # each session on exactly one replica
+    assert sum(h > 0 for h in holders) >= 2  # and the sessions spread over the replicas
