@@ -208,7 +208,9 @@ def check(c: Checks) -> None:
         )
 
 
-def shared(c: Checks, kinds: dict[tuple[str, str], Any], pod_labels: dict[str, str], port: int) -> None:
+def shared(
+    c: Checks, kinds: dict[tuple[str, str], Any], pod_labels: dict[str, str], port: int
+) -> None:
     """The replicas' parts: the headless Service, Envoy's config and the store's URL."""
     _, headless = kinds[("Service", "seqserve-replicas")]
     c.expect(
@@ -217,7 +219,7 @@ def shared(c: Checks, kinds: dict[tuple[str, str], Any], pod_labels: dict[str, s
         "service-replicas.yaml: expected a headless Service over the pods",
     )
     envoy = (DEPLOY / "envoy" / "envoy.yaml").read_text()
-    upstream = "{address: seqserve, port_value: %d}" % port
+    upstream = f"{{address: seqserve, port_value: {port}}}"
     c.expect(upstream in envoy, f"envoy/envoy.yaml: expected the upstream {upstream}")
     _, envoy_map = kinds[("ConfigMap", "seqserve-envoy")]
     in_cluster = envoy.replace(upstream, upstream.replace("seqserve,", "seqserve-replicas,"))

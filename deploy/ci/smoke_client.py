@@ -9,7 +9,9 @@ independent computation.
 
 With --drain READY_FILE it streams single steps until the server shuts down
 instead (smoke.sh sends SIGTERM once READY_FILE exists) and checks the steps
-answered, the steps refused and the end of the stream.
+answered, the steps refused and the end of the stream. With --failover
+KILL_FILE it steps sessions through a proxy before and after one replica is
+killed, and checks every session against the whole sequence.
 
 It speaks only the wire contract (generated stubs and grpc.health.v1), as any
 client of the image would. Exit status 0 when everything matches.
@@ -222,6 +224,68 @@ def check_drain(stub: pb_grpc.InferenceStub, info: pb.ModelInfo, args: argparse.
     compare(label, got, want, args)
 
 
+FAILOVER_SESSIONS = 12
+FAILOVER_RETRY_S = 60.0
+
+
+def step_retrying(
+    stub: pb_grpc.InferenceStub, sid: str, x: F32, position: int
+) -> tuple[pb.StepResponse, int]:
+    """One unary step at `position`, resent on UNAVAILABLE (applied once: by position)."""
+    deadline = time.monotonic() + FAILOVER_RETRY_S
+    retries = 0
+    request = pb.StepRequest(session_id=sid, values=x.ravel().tolist(), position=position)
+    while True:
+        try:
+            routed = (("x-seqserve-session", sid),)  # the header Envoy hashes on
+            return stub.Step(request, timeout=5, metadata=routed), retries
+        except grpc.RpcError as exc:
+            code = exc.code() if isinstance(exc, grpc.Call) else None
+            if code != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                raise
+            retries += 1
+            time.sleep(0.2)
+
+
+def check_failover(
+    stub: pb_grpc.InferenceStub, info: pb.ModelInfo, args: argparse.Namespace
+) -> None:
+    """Sessions stepped through the proxy before and after smoke.sh kills a replica (it
+    does once `args.failover` exists, and creates `args.failover`.done after): each
+    session's outputs equal the whole sequence run in-process, none lost or doubled."""
+    x = series(2 * args.steps, info.input_size)  # (2T, F), every session the same series
+    ids = [f"failover-{i}" for i in range(FAILOVER_SESSIONS)]
+    outputs: dict[str, list[F32]] = {sid: [] for sid in ids}
+    retries = 0
+    for sid in ids:
+        stub.CreateSession(
+            pb.CreateSessionRequest(model=args.model, session_id=sid),
+            timeout=5,
+            metadata=(("x-seqserve-session", sid),),
+        )
+    for half in (0, 1):
+        if half == 1:
+            args.failover.touch()
+            done = args.failover.with_name(args.failover.name + ".done")
+            deadline = time.monotonic() + 60
+            while not done.exists():
+                if time.monotonic() > deadline:
+                    raise SmokeError(f"expected {done} within 60 s")
+                time.sleep(0.05)
+        for k in range(half * args.steps, (half + 1) * args.steps):
+            for sid in ids:
+                response, n = step_retrying(stub, sid, x[k], k)
+                retries += n
+                if response.position != k + 1:
+                    raise SmokeError(f"{sid}: expected position {k + 1}, got {response.position}")
+                outputs[sid].append(np.asarray(response.outputs, dtype=np.float32))
+    want = local_outputs(args.repository / args.model / info.version, x)  # (2T, O)
+    for sid in ids:
+        got = np.stack(outputs[sid]).reshape(len(x), -1)  # (2T, O)
+        compare(f"{sid}: {len(x)} steps across a replica kill", got, want, args)
+    print(f"failover: {len(ids)} sessions, {retries} steps resent after UNAVAILABLE")
+
+
 # Redial quickly while the server starts: gRPC's default first backoff is 1 s.
 CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
@@ -242,7 +306,9 @@ def run(args: argparse.Namespace) -> None:
             raise SmokeError(f"expected models {expected} (from {args.repository}), got {listed}")
 
         info = stub.GetModel(pb.GetModelRequest(name=args.model), timeout=5)
-        if args.drain is None:
+        if args.failover is not None:
+            check_failover(stub, info, args)
+        elif args.drain is None:
             check_stream(stub, info, args)
         else:
             check_drain(stub, info, args)
@@ -260,6 +326,13 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         metavar="READY_FILE",
         help="stream until the server shuts down; READY_FILE appears once steps flow",
+    )
+    parser.add_argument(
+        "--failover",
+        type=Path,
+        metavar="KILL_FILE",
+        help="step sessions across a replica kill: KILL_FILE appears when it may come, "
+        "KILL_FILE.done is awaited after it",
     )
     # Relative and absolute: raw CO2 values are ~400, where float32 spacing is 3e-5.
     parser.add_argument("--rtol", type=float, default=1e-5)

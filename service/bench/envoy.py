@@ -49,7 +49,6 @@ def loopback_config(upstreams: list[int], port: int, admin_port: int) -> dict[st
     listener["address"]["socket_address"] = {"address": "127.0.0.1", "port_value": port}
     cluster = config["static_resources"]["clusters"][0]
     cluster["type"] = "STATIC"  # fixed addresses, no DNS
-    cluster.pop("dns_refresh_rate", None)
     cluster["load_assignment"]["endpoints"][0]["lb_endpoints"] = [
         {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": p}}}}
         for p in upstreams
