@@ -59,6 +59,7 @@ class Measured:
     cpu_us_per_item: float | None
     loop_cpu_us_per_msg: float | None  # the part spent on the event loop's thread
     rounds: int
+    machine_cores: float | None = None  # cores busy machine-wide, where probed
 
     @property
     def latency(self) -> dict[str, float]:
@@ -74,6 +75,7 @@ class Measured:
             "cpu_us_per_item": self.cpu_us_per_item,
             "loop_cpu_us_per_msg": self.loop_cpu_us_per_msg,
             "rounds": self.rounds,
+            "machine_cores": self.machine_cores,
         }
 
 
@@ -81,10 +83,13 @@ def summarise(results: list[LoadResult]) -> Measured:
     msgs = sum(r.messages for r in results)
     items = sum(r.items for r in results)
     deltas = [r.probe_delta for r in results]
-    cpu_s = loop_s = None
+    cpu_s = loop_s = cores = None
     if all(d is not None for d in deltas):
         cpu_s = sum(d[0] for d in deltas if d is not None)
         loop_s = sum(d[1] for d in deltas if d is not None)
+        if all(d is not None and len(d) > 2 for d in deltas):  # the machine's busy seconds
+            busy = sum(d[2] for d in deltas if d is not None)
+            cores = busy / sum(r.window_s for r in results)
     return Measured(
         rate=float(np.median([r.messages / r.window_s for r in results])),
         item_rate=float(np.median([r.items / r.window_s for r in results])),
@@ -94,6 +99,7 @@ def summarise(results: list[LoadResult]) -> Measured:
         cpu_us_per_item=None if cpu_s is None or items == 0 else cpu_s * 1e6 / items,
         loop_cpu_us_per_msg=None if loop_s is None or msgs == 0 else loop_s * 1e6 / msgs,
         rounds=len(results),
+        machine_cores=cores,
     )
 
 

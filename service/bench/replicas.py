@@ -20,6 +20,7 @@ repository (deploy/envoy/envoy.yaml); without them it says so and is skipped.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -28,7 +29,7 @@ from pathlib import Path
 from seqserve.bench import envoy
 from seqserve.bench.drivers import LoadResult
 from seqserve.bench.measure import Context, Measured, interleaved, stream
-from seqserve.bench.procs import ServerProcess, cpu_seconds
+from seqserve.bench.procs import ServerProcess, cpu_seconds, machine_busy_seconds
 from seqserve.bench.report import Row, Target
 from seqserve.bench.stores import redis_server
 
@@ -65,8 +66,9 @@ def replicas(ctx: Context, start: Callable[[list[str]], ServerProcess]) -> None:
 
 
 def _summed(pids: list[int]) -> tuple[float, ...]:
+    """The replicas' CPU seconds (all threads, main threads), and the machine's busy ones."""
     totals = [cpu_seconds(p) for p in pids]
-    return tuple(sum(t[i] for t in totals) for i in range(len(totals[0])))
+    return (sum(t[0] for t in totals), sum(t[1] for t in totals), machine_busy_seconds())
 
 
 def _report(ctx: Context, latency: list[Measured], streams: list[Measured], n: int) -> None:
@@ -84,10 +86,14 @@ def _report(ctx: Context, latency: list[Measured], streams: list[Measured], n: i
         Row(scen, f"steps/s, {n} streams, 2 replicas", two.rate, "/s", one.rate,
             "1 replica, through Envoy", SCALING),
     ]  # fmt: skip
+    cores = os.cpu_count() or 1
     for label, m in (("1 replica", one), ("2 replicas", two)):
         if m.cpu_us_per_msg is not None:  # all replicas' threads, per step answered
             ctx.rows.append(Row(scen, f"server CPU per step, {n} streams, {label}",
                                 m.cpu_us_per_msg, "us"))  # fmt: skip
+        if m.machine_cores is not None:  # clients, Envoy and Redis included
+            ctx.rows.append(Row(scen, f"machine cores busy, {n} streams, {label}",
+                                m.machine_cores, "cores", cores, "cores"))  # fmt: skip
     ctx.details["8"] = {
         "streams": n,
         "direct": direct.to_dict(),

@@ -92,6 +92,8 @@ def test_every_scenario_reports_its_figures(smoke_run: tuple[Path, str]) -> None
         f"steps/s, {n} streams, 2 replicas",
         f"server CPU per step, {n} streams, 1 replica",
         f"server CPU per step, {n} streams, 2 replicas",
+        f"machine cores busy, {n} streams, 1 replica",
+        f"machine cores busy, {n} streams, 2 replicas",
     }
 
 
