@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 import subprocess
@@ -104,6 +105,20 @@ class RedisCluster:
         return f"redis://127.0.0.1:{self.ports[0]}/0?cluster=1"
 
 
+def cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000, Redis's rule) is free and valid too."""
+    rng = random.Random()
+    while True:
+        port = rng.randrange(20_000, 50_000)
+        with socket.socket() as a, socket.socket() as b:
+            try:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 10_000))
+            except OSError:
+                continue
+        return port
+
+
 @pytest.fixture
 def redis_cluster(tmp_path: Path) -> Iterator[RedisCluster]:
     binary, cli = shutil.which("redis-server"), shutil.which("redis-cli")
@@ -111,7 +126,7 @@ def redis_cluster(tmp_path: Path) -> Iterator[RedisCluster]:
         raise RuntimeError(
             "redis-server not found: .ci/run installs it (apt-get install redis-server)"
         )
-    ports = [free_port() for _ in range(3)]
+    ports = [cluster_port() for _ in range(3)]
     procs = []
     for port in ports:
         folder = tmp_path / f"node-{port}"
