@@ -181,6 +181,17 @@ def wall_of(data: bytes) -> float:
     return 0.0 if isinstance(rec, Close) else rec.wall
 
 
+def steps_of(data: bytes | memoryview) -> tuple[list[str], list[int], int]:
+    """A STEPS record's session ids, start positions and T, without its arrays."""
+    r = _Reader(data)
+    kind, _, n, t, _, _, names = r.unpack(_STEPS)
+    if kind != Kind.STEPS:
+        raise RecordError(f"expected a steps record (kind {int(Kind.STEPS)}), got kind {kind}")
+    ids = bytes(r.take(int(names))).decode().split("\n") if n else []
+    starts = struct.unpack(f"<{int(n)}q", r.take(8 * int(n)))
+    return ids, list(starts), int(t)
+
+
 def decode(data: bytes | memoryview) -> Record:
     """One journal record."""
     r = _Reader(data)

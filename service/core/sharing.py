@@ -251,11 +251,9 @@ class Sharing:
         """A round's applied steps (a STEPS record): each session's new row, by CAS."""
         directory = self._directory
         assert directory is not None
-        rec = records.decode(record)
-        assert isinstance(rec, records.Steps), "rounds append only steps"
-        t = rec.x.shape[1]
+        ids, starts, t = records.steps_of(record)  # the arrays are not needed: the rows are
         ops: list[Op] = []
-        for sid, start in zip(rec.ids, rec.starts.tolist(), strict=True):
+        for sid, start in zip(ids, starts, strict=True):
             s = directory.get(sid)
             if s is None:  # evicted since its round committed: nothing to write, not answered
                 ops.append((sid, start, start + t, b""))

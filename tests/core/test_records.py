@@ -24,6 +24,15 @@ def test_one_session_record_is_the_general_record_of_one_row(t: int, f: int, o: 
     assert decoded.starts.tolist() == [41]
     np.testing.assert_array_equal(decoded.x, x[None])  # (1, T, F)
     np.testing.assert_array_equal(decoded.y, y[None])  # (1, T, O)
+    assert records.steps_of(one) == (["sess-é1"], [41], t)
+
+
+def test_the_header_of_a_many_session_record_names_its_sessions() -> None:
+    x = np.zeros((3, 2, 1), np.float32)  # (n, T, F)
+    data = records.steps(0.0, ["a", "b", "c"], np.array([0, 5, 9]), x, x)
+    assert records.steps_of(data) == (["a", "b", "c"], [0, 5, 9], 2)
+    with pytest.raises(records.RecordError, match="expected a steps record"):
+        records.steps_of(records.reset(0.0, "a") + bytes(40))
 
 
 def test_a_truncated_record_is_refused_not_misread() -> None:
