@@ -35,9 +35,18 @@ SESSION_HEADER = "x-seqserve-session"
 Metadata = tuple[tuple[str, str], ...]
 
 
+ROUTED_ID_MAX = 128  # the server's longest session id: a longer one names no session
+
+
 def routed(session_id: str | None) -> Metadata:
-    """The routing metadata of a call for one session (none for an id metadata cannot carry)."""
-    if not session_id or not session_id.isascii():
+    """The routing metadata of a call for one session: none for an id that no session can
+    have (too long) or that metadata cannot carry (not printable ASCII), so that such a
+    call still reaches the server and gets its error."""
+    if (
+        not session_id
+        or len(session_id) > ROUTED_ID_MAX
+        or not (session_id.isascii() and session_id.isprintable())
+    ):
         return ()
     return ((SESSION_HEADER, session_id),)
 

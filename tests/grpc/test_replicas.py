@@ -26,6 +26,7 @@ from seqserve.client import (
     RetryPolicy,
     UnavailableError,
 )
+from seqserve.client._common import SESSION_HEADER, routed
 from tests.grpc.conftest import Zoo
 from tests.grpc.test_durable import Restartable, assert_all_match, stream_sessions
 from tests.store.conftest import RedisServer, redis_server
@@ -158,3 +159,12 @@ def test_every_call_of_a_session_reaches_one_replica(
             holders.append(held)
     assert sum(holders) == len(ids)  # each session on exactly one replica
     assert sum(h > 0 for h in holders) >= 2  # and the sessions spread over the replicas
+
+
+def test_the_routing_header_is_left_out_where_it_cannot_help() -> None:
+    assert routed("meter-7") == ((SESSION_HEADER, "meter-7"),)
+    assert routed("m" * 128) == ((SESSION_HEADER, "m" * 128),)
+    # No session has such an id, or metadata cannot carry it: the call goes without it
+    # and the server answers it (NOT_FOUND, INVALID_ARGUMENT) instead of the transport.
+    for sid in ("", None, "m" * 129, "sensör-1", "tab\tid"):
+        assert routed(sid) == ()
