@@ -62,6 +62,10 @@ def _address(text: str) -> str:
     return text
 
 
+def _optional_address(text: str) -> str:
+    return "" if text in ("", "off") else _address(text)
+
+
 def _folder(text: str) -> Path:
     path = Path(text).expanduser()
     if not path.is_dir():
@@ -161,6 +165,12 @@ class ServerSettings:
         _store,
         "memory",
         "where sessions live: memory, sqlite:PATH or redis://HOST:PORT/DB",
+    )
+    metrics_address: str = _setting(
+        "--metrics-address",
+        _optional_address,
+        "",
+        "HOST:PORT for Prometheus metrics at /metrics; empty: off",
     )
     log_level: str = _setting("--log-level", _log_level, "info", f"one of {', '.join(LOG_LEVELS)}")
 

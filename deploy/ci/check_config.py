@@ -42,6 +42,8 @@ def default_text(f: Field[Any]) -> str:
     if f.name == "repository":
         return "the bundled models; `/models` in the image"
     value = f.default
+    if value == "":
+        return "empty (off)"
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     return f"`{value}`"
@@ -181,10 +183,21 @@ def check(c: Checks) -> None:
         service["spec"]["selector"].items() <= pod_labels.items(),
         "service.yaml: selector does not match the pods",
     )
+    by_name = {p["name"]: p["targetPort"] for p in service["spec"]["ports"]}
     c.expect(
-        all(p["targetPort"] in ("grpc", port) for p in service["spec"]["ports"]),
-        f"service.yaml: expected targetPort grpc or {port}",
+        by_name.get("grpc") in ("grpc", port), f"service.yaml: expected targetPort grpc or {port}"
     )
+    metrics = env.get("SEQSERVE_METRICS_ADDRESS", "")
+    if metrics:  # the port the server serves /metrics on is the one declared everywhere
+        metrics_port = int(metrics.rpartition(":")[2])
+        annotations = pod["metadata"].get("annotations", {})
+        c.expect(
+            ports.get("metrics") == metrics_port
+            and annotations.get("prometheus.io/port") == str(metrics_port)
+            and by_name.get("metrics") == "metrics",
+            f"deployment.yaml/service.yaml: expected the metrics port {metrics_port} "
+            "(SEQSERVE_METRICS_ADDRESS) as containerPort, scrape annotation and Service port",
+        )
     _, hpa = kinds[("HorizontalPodAutoscaler", "seqserve")]
     target = hpa["spec"]["scaleTargetRef"]
     c.expect(

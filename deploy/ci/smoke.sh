@@ -317,19 +317,28 @@ compose_up() {
     # `docker compose up` of deploy/compose.yaml with the image built above,
     # through podman's Docker-compatible API on a private socket; then the
     # same stream-and-compare through the published port, and `down`.
-    local compose project compose_port
+    local compose project compose_port metrics_port
     ensure_tools
     compose=$(compose_binary)
     start_podman_api
     compose_port=$(free_port)
+    metrics_port=$(free_port)
     project="seqserve-smoke-$$"
     compose_down=("$compose" --project-name "$project" --file deploy/compose.yaml down --timeout 15)
-    SEQSERVE_IMAGE=$IMAGE SEQSERVE_PORT=$compose_port \
+    SEQSERVE_IMAGE=$IMAGE SEQSERVE_PORT=$compose_port SEQSERVE_METRICS_PORT=$metrics_port \
         "$compose" --project-name "$project" --file deploy/compose.yaml up --detach --no-build \
         >"$WORK/compose.log" 2>&1 || { cat "$WORK/compose.log"; fail "compose up"; }
     PYTHONPATH="$import_tree" "$PYTHON" deploy/ci/smoke_client.py --target "127.0.0.1:$compose_port" \
         --repository models/repository --model "$MODEL" --timeout 30 \
         || fail "the compose service did not serve on 127.0.0.1:$compose_port"
+    # The image serves metrics: the 40 steps just streamed are counted there.
+    "$PYTHON" - "$metrics_port" <<'PY' || fail "no metrics on 127.0.0.1:$metrics_port"
+import re, sys, urllib.request
+text = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics", timeout=10).read().decode()
+steps = sum(float(v) for v in re.findall(r"^seqserve_session_steps_total\{.*\} (\S+)$", text, re.M))
+print(f"metrics: {steps:g} session-steps counted")
+sys.exit(0 if steps >= 40 else 1)
+PY
     "${compose_down[@]}" >>"$WORK/compose.log" 2>&1
     compose_down=()
     stop_podman_api

@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -104,6 +105,11 @@ class Batcher(Generic[Owner]):
         self._idle: asyncio.Event | None = None
         self._executor: ThreadPoolExecutor | None = None
         self.offloaded = 0  # rounds run in the worker thread
+
+    @property
+    def queued(self) -> int:
+        """Rows submitted and not yet taken into a round."""
+        return self._queued
 
     def busy(self, slot: int) -> bool:
         """Whether a unit on `slot` is queued or running."""
@@ -262,7 +268,7 @@ class Batcher(Generic[Owner]):
 
     def _round(self) -> None:
         """Take one round of ready units and run it here or hand it to the worker."""
-        rnd = Round()
+        rnd = Round(started=time.perf_counter())
         handed_over = False
         try:
             self._assemble(rnd)

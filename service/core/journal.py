@@ -23,11 +23,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 from seqserve.core.errors import Unavailable
+from seqserve.core.figures import STORE_SECONDS, Histogram
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +104,7 @@ class Journal:
         self._writer: asyncio.Task[None] | None = None
         self._writing = False  # a write is in flight in the writer task
         self.failure: BaseException | None = None
+        self.write_seconds = Histogram(STORE_SECONDS)  # each store write, for metrics
         self.writes = 0  # store writes made (one per group commit)
         self.records = 0  # records written
 
@@ -129,7 +132,9 @@ class Journal:
             # Nothing queued before it: a store that writes a small record faster than
             # a thread hop takes it now, and the answer goes without a loop pass.
             try:
+                began = time.perf_counter()
                 if self._store.append_now([(self._seq, record)]):
+                    self.write_seconds.observe(time.perf_counter() - began)
                     self.writes += 1
                     self.records += 1
                     future.set_result(None)
@@ -169,8 +174,10 @@ class Journal:
             while self._pending:
                 batch, self._pending = self._pending, []
                 self._writing = True
+                began = time.perf_counter()
                 try:
                     await self._store.append([(seq, record) for seq, record, _ in batch])
+                    self.write_seconds.observe(time.perf_counter() - began)
                 except Exception as exc:
                     self._fail(exc, batch)
                     return

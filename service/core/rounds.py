@@ -33,6 +33,7 @@ from seqserve.core import records
 from seqserve.core.answers import digest, digests
 from seqserve.core.checks import stale
 from seqserve.core.errors import Internal, internal
+from seqserve.core.figures import ROUND_ROWS, ROUND_SECONDS, Histogram
 from seqserve.core.journal import RoundLog
 from seqserve.core.runtime import LoadedModel
 from seqserve.core.slab import Slab
@@ -118,6 +119,7 @@ class Round:
     forecasts: list[ForecastWork] = field(default_factory=list)
     groups: list[GroupWork] = field(default_factory=list)
     taken: list[Unit] = field(default_factory=list)  # every unit that entered the round
+    started: float = 0.0  # perf_counter() when it was assembled (0: not timed)
 
 
 class RoundRunner(Generic[Owner]):
@@ -142,6 +144,9 @@ class RoundRunner(Generic[Owner]):
         self.rounds = 0
         self.calls = 0
         self.rows = 0
+        self.steps = 0  # session-steps applied
+        self.round_rows = Histogram(ROUND_ROWS)
+        self.round_seconds = Histogram(ROUND_SECONDS)
 
     def single(self, rnd: Round) -> bool:
         """Run a round of one short step on the loop, if that is what it is; True when done.
@@ -173,6 +178,8 @@ class RoundRunner(Generic[Owner]):
             fail(w.future, stale(slab, w.session_id, slot, w.owner, "running"))
             return True
         result = StepResult(y[0], position)  # y[0] (T, O)
+        self.steps += t
+        self.timed(rnd, 1)
         journal = self.journal
         if journal is None:
             settle(w.future, result)
@@ -185,6 +192,12 @@ class RoundRunner(Generic[Owner]):
         delivery.add(w.future, result)
         delivery.send_after(durable)
         return True
+
+    def timed(self, rnd: Round, rows: int) -> None:
+        """A round's figures: its rows, and its seconds from assembly to its answers' turn."""
+        self.round_rows.observe(rows)
+        if rnd.started:
+            self.round_seconds.observe(time.perf_counter() - rnd.started)
 
     def answer(self, reply: Reply[StepResult], result: StepResult) -> None:
         """Answer a retry from what its request returned, once all that was applied is durable."""
@@ -323,6 +336,7 @@ class RoundRunner(Generic[Owner]):
             n_applied = int(applied.sum())
             committed += n_applied
             self.rows += rows
+            self.steps += n_applied * p.t
             if journal is not None and n_applied:
                 written.append(journal.append(self.record(p, y, applied)))
             self.deliver(p, y, applied, delivery)
@@ -334,6 +348,8 @@ class RoundRunner(Generic[Owner]):
                 delivery.add(w.future, ForecastResult(outcome, prepared.position))
         for g in rnd.groups:
             delivery.add(g.future, g)
+        if results or rollouts:
+            self.timed(rnd, sum(len(p.slots) for p in plan) + len(rollouts))
         if journal is not None:
             # Every record of this round (a shared store may refuse one and not another),
             # and what came before (a retry's answer, a forecast's state).

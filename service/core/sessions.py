@@ -38,6 +38,7 @@ from seqserve.core.batchplan import BatchPlan, BatchResult
 from seqserve.core.directory import ID, SLOT, VERSION, DirectoryFactory, Session, SessionDirectory
 from seqserve.core.durability import Durability
 from seqserve.core.errors import FailedPrecondition, Unavailable
+from seqserve.core.figures import Histogram
 from seqserve.core.journal import LogStore, RoundLog
 from seqserve.core.runtime import LoadedModel, ModelEntry, ModelRegistry
 from seqserve.core.settings import CoreSettings
@@ -182,6 +183,19 @@ class SessionManager:
         return self._by_label[(loaded.name, loaded.version)]
 
     @property
+    def clock(self) -> float:
+        """Now on the core's clock (the one sessions' idle times are kept on)."""
+        return self._clock()
+
+    def store_figures(self) -> tuple[str, Histogram] | None:
+        """The store's name and its writes' seconds, if there is a store."""
+        if self.durability is not None:
+            return self.durability.store.name, self.durability.journal.write_seconds
+        if self.sharing is not None:
+            return self.sharing.store.name, self.sharing.write_seconds
+        return None
+
+    @property
     def session_count(self) -> int:
         return len(self.directory)
 
@@ -217,6 +231,7 @@ class SessionManager:
         self._check_running()
         v = self.version(model, version)
         s = self.directory.create(v, session_id, principal)
+        v.created += 1
         written = None
         if self.durability is not None:
             self.durability.created(s, v.label)
@@ -279,6 +294,7 @@ class SessionManager:
         s = self.directory.lookup(session_id, principal)
         info = self._info(s)
         self.directory.close(s)
+        self.versions[s[VERSION]].closed += 1
         written = None if self.sharing is None else self.sharing.closed(session_id)
         return info, written
 
@@ -322,6 +338,7 @@ class SessionManager:
         s = self.directory.create(version, sid, principal)
         row.session_id, row.principal, row.last_access = sid, principal, time.time()
         snapshots.install(version, s[SLOT], row, self._clock(), row.last_access)
+        version.created += 1
         written = None
         if self.durability is not None:
             self.durability.imported(row)

@@ -51,6 +51,7 @@ from seqserve.core.errors import (
     SeqServeError,
     Unavailable,
 )
+from seqserve.core.figures import STORE_SECONDS, Histogram
 from seqserve.core.records import SessionRow, decode_row, encode_row
 from seqserve.core.snapshots import check_shapes, install, snapshot
 from seqserve.core.versions import ModelVersion
@@ -114,6 +115,7 @@ class Sharing:
         self.loads = 0
         self.conflicts = 0
         self.writes = 0
+        self.write_seconds = Histogram(STORE_SECONDS)
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -292,11 +294,13 @@ class Sharing:
                 done, self._batch = self._batch, None
                 self._in_flight = done
                 ops = [op for p in batch for op in p.ops if op[3] or op[1] == DELETE]
+                began = time.perf_counter()
                 try:
                     applied = await self.store.write(ops, self.ttl_ms) if ops else []
                 except Exception as exc:
                     self._store_failed(batch, exc)
                 else:
+                    self.write_seconds.observe(time.perf_counter() - began)
                     self.writes += 1
                     self._settle(batch, applied)
                 if done is not None and not done.done():

@@ -23,7 +23,17 @@ from seqserve.core.work import ForecastResult, ForecastWork, Reply, StepResult, 
 class ModelVersion:
     """A model version and what it owns; `index` is its place in the manager's list."""
 
-    __slots__ = ("_clock", "batcher", "index", "model", "slab", "spec")
+    __slots__ = (
+        "_clock",
+        "batcher",
+        "closed",
+        "created",
+        "expired",
+        "index",
+        "model",
+        "slab",
+        "spec",
+    )
 
     def __init__(
         self,
@@ -40,6 +50,10 @@ class ModelVersion:
         # Reserved for the session cap: pages are resident only once used (see slab).
         self.slab: Slab[Session] = Slab(model.spec, reserve=settings.max_sessions)
         self.batcher: Batcher[Session] = Batcher(model, self.slab, settings, clock, journal)
+        # Sessions since start, for metrics: created (or imported), closed, expired idle.
+        self.created = 0
+        self.closed = 0
+        self.expired = 0
 
     @property
     def label(self) -> str:

@@ -16,6 +16,7 @@ import logging
 import signal
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -50,6 +51,8 @@ class Server:
         self._servicer: InferenceServicer | None = None
         self._shutdown: asyncio.Task[None] | None = None
         self.stop_requested = asyncio.Event()  # a signal, or a store that failed
+        self._metrics: Any = None  # the /metrics HTTP server, when --metrics-address is set
+        self.metrics_port = 0
         self.exit_code = 0
 
     @property
@@ -94,10 +97,17 @@ class Server:
             max_streams=settings.max_streams,
         )
         try:
+            if settings.metrics_address:
+                from seqserve.grpc.metrics import serve_metrics  # prometheus_client: only if on
+
+                self._metrics, self.metrics_port = serve_metrics(
+                    settings.metrics_address, self._sessions, self._servicer.requests
+                )
             self._grpc = await self._bind()
             for name in HEALTH_SERVICES:
                 await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         except BaseException:
+            self._stop_metrics()
             await self._sessions.stop(0.0)  # nothing was served: no steps to drain
             raise
         log.info(
@@ -139,6 +149,12 @@ class Server:
         await server.start()
         return server
 
+    def _stop_metrics(self) -> None:
+        if self._metrics is not None:
+            self._metrics.shutdown()
+            self._metrics.server_close()
+            self._metrics = None
+
     def _store_failed(self, exc: BaseException) -> None:
         """The session store cannot be written: nothing more can be acknowledged. Stop (exit 3)
         so that a supervisor restarts the server, which recovers what the store holds."""
@@ -166,6 +182,7 @@ class Server:
         self._servicer.close_streams()  # each ends UNAVAILABLE once its steps are answered
         await self._servicer.quiet(deadline)
         await self._grpc.stop(max(deadline - loop.time(), 0.5))  # then what still runs is cut
+        self._stop_metrics()
         log.info("seqserve stopped")
 
 

@@ -11,6 +11,7 @@ before the batch is applied.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import json
@@ -24,11 +25,11 @@ from seqserve.api import seqserve_pb2 as pb
 from seqserve.api import seqserve_pb2_grpc as pb_grpc
 from seqserve.core import errors
 from seqserve.core.batchplan import BatchPlan
-from seqserve.core.pipeline import StepPipeline
+from seqserve.core.pipeline import Answer, StepPipeline
 from seqserve.core.sessions import SessionInfo, SessionManager
 from seqserve.grpc import batches, sessionstate
 from seqserve.grpc.status import to_status
-from seqserve.grpc.streams import serve_stream, step_response
+from seqserve.grpc.streams import encode, serve_stream, step_response
 
 ANONYMOUS = "anonymous"
 
@@ -60,13 +61,18 @@ def _unary(
     into its status, so each body is only the translation.
     """
 
+    rpc = body.__name__
+
     @functools.wraps(body)
     async def handler(self: _Self, request: _Req, context: Context) -> _Resp:
         self._call_started()
         try:
-            return await body(self, request, principal_of(context))
+            response = await body(self, request, principal_of(context))
+            self.requests[(rpc, "OK")] += 1
+            return response
         except Exception as exc:
             code, message = to_status(exc)
+            self.requests[(rpc, code.name)] += 1
             await context.abort(code, message)
             raise AssertionError("unreachable: abort raises") from exc
         finally:
@@ -97,6 +103,8 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         # Every open StepStream; shutdown closes each.
         self._streams: set[StepPipeline[int]] = set()
         self._active = 0  # calls in a handler now
+        # Requests answered, by (RPC, status code name); each StepStream message counts.
+        self.requests: collections.Counter[tuple[str, str]] = collections.Counter()
         self._last_start = 0.0  # loop time at which the latest call reached its handler
 
     def _call_started(self) -> None:
@@ -219,11 +227,17 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             )
             self._streams.add(pipeline)
             try:
-                await serve_stream(pipeline, request_iterator, context)
+                await serve_stream(pipeline, request_iterator, context, self._counted)
             finally:
                 self._streams.discard(pipeline)
         finally:
             self._active -= 1
+
+    def _counted(self, answer: Answer[int]) -> pb.StepResponse:
+        """A stream's answer, counted by its outcome as it is encoded."""
+        code = "OK" if answer.error is None else to_status(answer.error)[0].name
+        self.requests[("StepStream", code)] += 1
+        return encode(answer)
 
     def close_streams(self) -> None:
         """Shutdown: end every open StepStream once its in-flight steps are answered."""

@@ -7,7 +7,7 @@ A response is built in the stream's writer, outside the batcher's round.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Callable
 from typing import Any
 
 import grpc
@@ -55,10 +55,13 @@ def encode(answer: Answer[int]) -> pb.StepResponse:
 
 
 async def serve_stream(
-    pipeline: StepPipeline[int], requests: AsyncIterable[pb.StepRequest], context: Context
+    pipeline: StepPipeline[int],
+    requests: AsyncIterable[pb.StepRequest],
+    context: Context,
+    encoder: Callable[[Answer[int]], pb.StepResponse] = encode,
 ) -> None:
     """Run one StepStream call; a stream that ends early ends with its status."""
-    failure = await pipeline.run(requests, decode, encode, context.write)
+    failure = await pipeline.run(requests, decode, encoder, context.write)
     if failure is not None:
         code, message = to_status(failure)
         await context.abort(code, message)

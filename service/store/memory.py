@@ -109,6 +109,7 @@ class MemoryDirectory:
                 assert expired is not None
                 self._evict(expired)
                 self._evicted += 1
+                self._versions[v].expired += 1
                 recs[i], versions[i], slots[i] = None, -1, -1
         return recs, versions, slots
 
@@ -131,6 +132,7 @@ class MemoryDirectory:
                 if s is not None:
                     self._evict(s)
                     evicted += 1
+                    version.expired += 1
         if evicted:
             self._evicted += evicted
             log.info("evicted %d sessions idle for more than %g s", evicted, self._ttl)
@@ -141,6 +143,7 @@ class MemoryDirectory:
         if self._clock() - float(slab.last_access[s[SLOT]]) > self._ttl:
             self._evict(s)
             self._evicted += 1
+            self._versions[s[VERSION]].expired += 1
             return True
         return False
 

@@ -27,6 +27,7 @@ DOCUMENTED = {
     "--grace-period": ("SEQSERVE_GRACE_PERIOD", 10.0),
     "--ort-threads": ("SEQSERVE_ORT_THREADS", 1),
     "--store": ("SEQSERVE_STORE", "memory"),
+    "--metrics-address": ("SEQSERVE_METRICS_ADDRESS", ""),
     "--log-level": ("SEQSERVE_LOG_LEVEL", "info"),
 }
 
@@ -79,6 +80,7 @@ def test_flag_beats_variable_beats_default(tmp_path: Path) -> None:
         ("--session-ttl", "soon", "expected a number > 0, got 'soon'"),
         ("--grace-period", "-1", "expected a number >= 0, got '-1'"),
         ("--address", "50051", "expected HOST:PORT"),
+        ("--metrics-address", "9090", "expected HOST:PORT"),
         ("--log-level", "loud", "expected one of debug, info, warning, error, got 'loud'"),
         ("--repository", "/no/such/folder", "expected a model repository folder"),
     ],
