@@ -241,6 +241,28 @@ def step_retrying(
             return stub.Step(request, timeout=5, metadata=routed), retries
         except grpc.RpcError as exc:
             code = exc.code() if isinstance(exc, grpc.Call) else None
+            # Either may have been applied or not; the position makes a resend safe.
+            again = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+            if code not in again or time.monotonic() > deadline:
+                raise
+            retries += 1
+            time.sleep(0.2)
+
+
+def create_retrying(stub: pb_grpc.InferenceStub, model: str, sid: str) -> int:
+    """Create a session with a chosen id, resent on UNAVAILABLE (a replica still starting
+    behind the proxy); ALREADY_EXISTS after a resend means the first one got through."""
+    deadline = time.monotonic() + FAILOVER_RETRY_S
+    request = pb.CreateSessionRequest(model=model, session_id=sid)
+    retries = 0
+    while True:
+        try:
+            stub.CreateSession(request, timeout=5, metadata=(("x-seqserve-session", sid),))
+            return retries
+        except grpc.RpcError as exc:
+            code = exc.code() if isinstance(exc, grpc.Call) else None
+            if code == grpc.StatusCode.ALREADY_EXISTS and retries:
+                return retries
             if code != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
                 raise
             retries += 1
@@ -258,11 +280,7 @@ def check_failover(
     outputs: dict[str, list[F32]] = {sid: [] for sid in ids}
     retries = 0
     for sid in ids:
-        stub.CreateSession(
-            pb.CreateSessionRequest(model=args.model, session_id=sid),
-            timeout=5,
-            metadata=(("x-seqserve-session", sid),),
-        )
+        retries += create_retrying(stub, args.model, sid)
     for half in (0, 1):
         if half == 1:
             args.failover.touch()

@@ -70,7 +70,7 @@ def test_kill_9_and_a_rolling_restart_behind_envoy_lose_no_acknowledged_step(
 
     with Envoy(tmp_path, [r.port for r in replicas]) as envoy:
         through = _Target(envoy.target)
-        series, got = stream_sessions(through, zoo, 100, chaos, seed=4, pace_s=1.2)  # type: ignore[arg-type]
+        series, got = stream_sessions(through, zoo, 100, chaos, seed=4, pace_s=1.6)  # type: ignore[arg-type]
     assert_all_match(zoo, series, got)
 
 
