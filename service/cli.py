@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import importlib.metadata
 import logging
 import sys
 from collections.abc import Sequence
@@ -29,7 +30,6 @@ DELEGATED: dict[str, tuple[str, bool, str]] = {
     "compare": ("seqserve.models.cli", True, "compare RNN, GRU and LSTM on size, cost and error"),
     "bench": ("seqserve.bench", False, "measure the server against its floors"),
 }
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="seqserve",
         description="Stateful streaming inference of recurrent sequence models over gRPC.",
     )
+    parser.add_argument("--version", action="version", version=f"seqserve {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser(
@@ -71,6 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("seqserve")
+    except importlib.metadata.PackageNotFoundError:  # run from sources, not installed
+        return "unknown (not installed)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in DELEGATED:
@@ -98,7 +106,9 @@ def _serve(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         print(f"seqserve serve: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
+    from seqserve.logs import configure
+
+    configure(settings.log_level, settings.log_format, settings.access_log)
     from seqserve.core.heap import keep_round_buffers_in_heap
     from seqserve.core.journal import StoreError
     from seqserve.core.runtime import ModelLoadError  # loads ONNX Runtime

@@ -28,6 +28,7 @@ class SettingsError(ValueError):
 
 DEFAULT_REPOSITORY = REPOSITORY  # the bundled models
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
 ENV_PREFIX = "SEQSERVE_"
 
 
@@ -64,6 +65,19 @@ def _address(text: str) -> str:
 
 def _optional_address(text: str) -> str:
     return "" if text in ("", "off") else _address(text)
+
+
+def _log_format(text: str) -> str:
+    if text.lower() not in LOG_FORMATS:
+        raise SettingsError(f"expected one of {', '.join(LOG_FORMATS)}, got {text!r}")
+    return text.lower()
+
+
+def _switch(text: str) -> bool:
+    value = text.lower()
+    if value not in ("on", "off", "true", "false", "1", "0", "yes", "no"):
+        raise SettingsError(f"expected on or off, got {text!r}")
+    return value in ("on", "true", "1", "yes")
 
 
 def _folder(text: str) -> Path:
@@ -173,6 +187,12 @@ class ServerSettings:
         "HOST:PORT for Prometheus metrics at /metrics; empty: off",
     )
     log_level: str = _setting("--log-level", _log_level, "info", f"one of {', '.join(LOG_LEVELS)}")
+    log_format: str = _setting(
+        "--log-format", _log_format, "text", "log lines as text or json (one object per line)"
+    )
+    access_log: bool = _setting(
+        "--access-log", _switch, False, "on: one log line per call (seqserve.access)"
+    )
 
     def core(self) -> CoreSettings:
         """The part of the settings the serving core reads."""

@@ -44,6 +44,8 @@ def default_text(f: Field[Any]) -> str:
     value = f.default
     if value == "":
         return "empty (off)"
+    if isinstance(value, bool):
+        return "`on`" if value else "`off`"
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     return f"`{value}`"

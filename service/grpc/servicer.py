@@ -15,6 +15,9 @@ import collections
 import contextlib
 import functools
 import json
+import logging
+import secrets
+import time
 from collections.abc import AsyncIterable, Awaitable, Callable
 from typing import TypeVar
 
@@ -30,6 +33,7 @@ from seqserve.core.sessions import SessionInfo, SessionManager
 from seqserve.grpc import batches, sessionstate
 from seqserve.grpc.status import to_status
 from seqserve.grpc.streams import encode, serve_stream, step_response
+from seqserve.logs import ACCESS, access_line
 
 ANONYMOUS = "anonymous"
 
@@ -66,19 +70,44 @@ def _unary(
     @functools.wraps(body)
     async def handler(self: _Self, request: _Req, context: Context) -> _Resp:
         self._call_started()
+        started = time.perf_counter()
+        principal = principal_of(context)
+        code_name = "OK"
         try:
-            response = await body(self, request, principal_of(context))
-            self.requests[(rpc, "OK")] += 1
-            return response
+            return await body(self, request, principal)
         except Exception as exc:
             code, message = to_status(exc)
-            self.requests[(rpc, code.name)] += 1
+            code_name = code.name
             await context.abort(code, message)
             raise AssertionError("unreachable: abort raises") from exc
         finally:
             self._active -= 1
+            self.requests[(rpc, code_name)] += 1
+            if ACCESS.isEnabledFor(logging.INFO):
+                session = str(getattr(request, "session_id", ""))
+                seconds = time.perf_counter() - started
+                access_line(secrets.token_hex(6), principal, rpc, session, code_name, seconds)
 
     return handler
+
+
+class _StreamSeen:
+    """What the access log says of a stream: its first session and the messages answered."""
+
+    def __init__(self) -> None:
+        self.session = ""
+        self.messages = 0
+
+    def counting(
+        self, encode: Callable[[Answer[int]], pb.StepResponse]
+    ) -> Callable[[Answer[int]], pb.StepResponse]:
+        def counted(answer: Answer[int]) -> pb.StepResponse:
+            self.messages += 1
+            if not self.session:
+                self.session = answer.session_id
+            return encode(answer)
+
+        return counted
 
 
 def _session_pb(info: SessionInfo) -> pb.SessionInfo:
@@ -210,6 +239,9 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         are answered in band, and at most STREAM_MAX_IN_FLIGHT steps are read ahead.
         """
         self._call_started()
+        started = time.perf_counter()
+        seen = _StreamSeen()
+        code_name = "OK"
         try:
             if len(self._streams) >= self._max_streams:
                 # Read the first request before refusing: a refusal that overtakes the
@@ -227,11 +259,24 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             )
             self._streams.add(pipeline)
             try:
-                await serve_stream(pipeline, request_iterator, context, self._counted)
+                await serve_stream(
+                    pipeline, request_iterator, context, seen.counting(self._counted)
+                )
             finally:
                 self._streams.discard(pipeline)
+        except asyncio.CancelledError:
+            code_name = "CANCELLED"  # the client went away
+            raise
+        except BaseException:
+            code = context.code()
+            code_name = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+            raise
         finally:
             self._active -= 1
+            if ACCESS.isEnabledFor(logging.INFO):
+                seconds = time.perf_counter() - started
+                access_line(secrets.token_hex(6), principal_of(context), "StepStream",
+                            seen.session, code_name, seconds, seen.messages)  # fmt: skip
 
     def _counted(self, answer: Answer[int]) -> pb.StepResponse:
         """A stream's answer, counted by its outcome as it is encoded."""

@@ -29,6 +29,8 @@ DOCUMENTED = {
     "--store": ("SEQSERVE_STORE", "memory"),
     "--metrics-address": ("SEQSERVE_METRICS_ADDRESS", ""),
     "--log-level": ("SEQSERVE_LOG_LEVEL", "info"),
+    "--log-format": ("SEQSERVE_LOG_FORMAT", "text"),
+    "--access-log": ("SEQSERVE_ACCESS_LOG", False),
 }
 
 
@@ -81,6 +83,8 @@ def test_flag_beats_variable_beats_default(tmp_path: Path) -> None:
         ("--grace-period", "-1", "expected a number >= 0, got '-1'"),
         ("--address", "50051", "expected HOST:PORT"),
         ("--metrics-address", "9090", "expected HOST:PORT"),
+        ("--log-format", "xml", "expected one of text, json, got 'xml'"),
+        ("--access-log", "maybe", "expected on or off, got 'maybe'"),
         ("--log-level", "loud", "expected one of debug, info, warning, error, got 'loud'"),
         ("--repository", "/no/such/folder", "expected a model repository folder"),
     ],
