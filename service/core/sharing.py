@@ -102,7 +102,6 @@ class Sharing:
         self.ttl_s = ttl_s
         self.ttl_ms = max(1, int(ttl_s * 1000))
         self.mono = mono
-        self.journal = self  # the rounds' view: append(record) and barrier()
         self._directory: SessionDirectory | None = None
         self._by_label: dict[str, ModelVersion] = {}  # from open: versions come after
         self._pending: list[_Pending] = []
