@@ -98,7 +98,11 @@ class SessionManager:
         self.sharing: Sharing | None = None
         if getattr(store, "shared", False):
             self.sharing = Sharing(
-                cast(SharedStore, store), self.versions, settings.session_ttl_s, clock
+                cast(SharedStore, store),
+                self.versions,
+                settings.session_ttl_s,
+                clock,
+                settings.max_sessions,
             )
         elif store is not None:
             self.durability = Durability(
@@ -230,6 +234,8 @@ class SessionManager:
     ) -> tuple[SessionInfo, asyncio.Future[None] | None]:
         self._check_running()
         v = self.version(model, version)
+        if self.sharing is not None:
+            self.sharing.make_room()
         s = self.directory.create(v, session_id, principal)
         v.created += 1
         written = None
@@ -335,6 +341,8 @@ class SessionManager:
         version = self.version(state.model, state.version)
         row = snapshots.imported(version, state)  # checksum and shapes
         sid = session_id or state.session_id
+        if self.sharing is not None:
+            self.sharing.make_room()
         s = self.directory.create(version, sid, principal)
         row.session_id, row.principal, row.last_access = sid, principal, time.time()
         snapshots.install(version, s[SLOT], row, self._clock(), row.last_access)

@@ -41,6 +41,8 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+import numpy as np
+
 from seqserve.core import records
 from seqserve.core.cas import APPLIED, CONFLICT, CREATE, DELETE, EXISTING, MISSING, Op
 from seqserve.core.directory import SLOT, VERSION, Session, SessionDirectory
@@ -96,8 +98,10 @@ class Sharing:
         versions: list[ModelVersion],
         ttl_s: float,
         mono: Callable[[], float],
+        max_sessions: int = 100_000,
     ) -> None:
         self.store = store
+        self.max_sessions = max_sessions  # copies this server keeps (the store keeps all)
         self.versions = versions
         self.ttl_s = ttl_s
         self.ttl_ms = max(1, int(ttl_s * 1000))
@@ -112,6 +116,7 @@ class Sharing:
         self._loading: dict[str, asyncio.Future[None]] = {}
         # Figures for tests and metrics.
         self.loads = 0
+        self.dropped = 0  # copies dropped to make room
         self.conflicts = 0
         self.writes = 0
         self.write_seconds = Histogram(STORE_SECONDS)
@@ -213,10 +218,40 @@ class Sharing:
         problem = check_shapes(version, row)
         if problem is not None:
             raise FailedPrecondition(f"session {session_id!r} cannot be served here: {problem}")
+        self.make_room()
         s = directory.create(version, session_id, row.principal)
         install(version, s[SLOT], row, self.mono(), time.time())
         version.slab.moved.pop(session_id, None)
         self.loads += 1
+
+    def make_room(self) -> None:
+        """At the cap, drop the least recently used copies that nothing is using here (a
+        percent of the cap at a time). The store holds them (every change is written
+        through), so the next call for one loads it again."""
+        directory = self._directory
+        assert directory is not None
+        if len(directory) < self.max_sessions:
+            return
+        want = max(1, self.max_sessions // 100)
+        oldest: list[tuple[float, int, int]] = []  # (last access, version index, slot)
+        for v in self.versions:
+            # (allocated slots,): never-used slots are left out, freed ones sit at +inf
+            last = v.slab.last_access[: len(v.slab.owners)]
+            k = min(want, len(last))
+            if k:
+                for slot in np.argpartition(last, k - 1)[:k].tolist():
+                    oldest.append((float(last[slot]), v.index, slot))
+        dropped = 0
+        for _, index, slot in sorted(oldest):
+            version = self.versions[index]
+            owner = version.slab.owners[slot]
+            if owner is None or version.batcher.busy(slot):
+                continue
+            directory.close(owner)
+            dropped += 1
+            if dropped == want:
+                break
+        self.dropped += dropped
 
     def evict(self, session_id: str) -> None:
         """Drop this replica's copy (it may be stale); the store keeps the session."""

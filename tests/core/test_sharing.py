@@ -237,3 +237,25 @@ def test_sessions_are_shared_on_a_redis_cluster(
             assert len(nodes) >= 2
 
     asyncio.run(main())
+
+
+def test_a_full_cache_drops_its_oldest_copies_and_loads_them_again(
+    registry: ModelRegistry, redis_server: RedisServer
+) -> None:
+    """--max-sessions bounds what one server holds; the store holds every session."""
+
+    async def main() -> None:
+        async with replicas(registry, redis_server.url, 1, max_sessions=3) as (a,):
+            ids = []
+            for i in range(6):
+                sid = (await a.create_session(MODEL, None, f"m-{i}", PRINCIPAL)).session_id
+                await a.step(sid, np.float32([float(i)]), PRINCIPAL, position=0)
+                ids.append(sid)
+            assert a.session_count <= 3
+            assert a.sharing is not None and a.sharing.dropped >= 3
+            for i, sid in enumerate(ids):  # every one goes on where it was
+                result = await a.step(sid, np.float32([float(i)]), PRINCIPAL, position=1)
+                assert result.position == 2
+            assert a.sharing.loads >= 3
+
+    asyncio.run(main())
