@@ -38,11 +38,12 @@ class JsonFormatter(logging.Formatter):
 
 def configure(level: str, fmt: str, access: bool) -> None:
     """The process's logging: `fmt` text or json; the access log on or off."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
     root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    if not root.handlers:  # as logging.basicConfig: an embedding application's logging stays
+        handler = logging.StreamHandler()
+        handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+        root.addHandler(handler)
+        root.setLevel(level.upper())
     # Off: above every level, whatever the root's. On: its lines at INFO.
     ACCESS.setLevel(logging.INFO if access else logging.CRITICAL + 1)
 

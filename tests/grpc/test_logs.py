@@ -52,15 +52,16 @@ def test_one_access_line_per_call_with_its_fields(
 
 
 def test_the_access_log_is_off_by_default(zoo: Zoo, caplog: pytest.LogCaptureFixture) -> None:
+    handlers = list(logging.getLogger().handlers)
     configure("info", "text", access=False)
     caplog.set_level(logging.INFO)
     try:
+        assert logging.getLogger().handlers == handlers  # pytest's: none added beside them
         with ServerThread(settings_for(zoo.repository)) as running, Client(running.target) as c:
             c.create_session(MODEL)
         assert not [r for r in caplog.records if r.name == "seqserve.access"]
     finally:
         ACCESS.setLevel(logging.NOTSET)
-        logging.getLogger().handlers[:] = []
 
 
 def test_json_lines_carry_the_access_fields() -> None:
