@@ -112,12 +112,13 @@ def _serve(args: argparse.Namespace) -> int:
     from seqserve.core.heap import keep_round_buffers_in_heap
     from seqserve.core.journal import StoreError
     from seqserve.core.runtime import ModelLoadError  # loads ONNX Runtime
+    from seqserve.grpc.auth import TokenError
     from seqserve.grpc.server import serve
 
     keep_round_buffers_in_heap()  # the serving process owns its allocator
     try:
         return asyncio.run(serve(settings))
-    except (ModelLoadError, StoreError, OSError) as exc:
+    except (ModelLoadError, StoreError, TokenError, OSError) as exc:
         logging.getLogger("seqserve").error("cannot start: %s", exc)
         return 1
 

@@ -80,6 +80,12 @@ def _switch(text: str) -> bool:
     return value in ("on", "true", "1", "yes")
 
 
+def _optional_file(text: str) -> str:
+    if text and not Path(text).expanduser().is_file():
+        raise SettingsError(f"expected a file, got {text!r} (not a file)")
+    return text
+
+
 def _folder(text: str) -> Path:
     path = Path(text).expanduser()
     if not path.is_dir():
@@ -179,6 +185,12 @@ class ServerSettings:
         _store,
         "memory",
         "where sessions live: memory, sqlite:PATH or redis://HOST:PORT/DB",
+    )
+    auth_tokens: str = _setting(
+        "--auth-tokens",
+        _optional_file,
+        "",
+        "file of TOKEN PRINCIPAL lines: calls need authorization: Bearer TOKEN; empty: open",
     )
     metrics_address: str = _setting(
         "--metrics-address",

@@ -20,6 +20,7 @@ from seqserve.client._common import (
     ArrayLike,
     BatchResult,
     FailedPreconditionError,
+    Metadata,
     ModelInfo,
     ModelVersions,
     NotFoundError,
@@ -78,16 +79,23 @@ class AsyncClient:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         retry: RetryPolicy = RetryPolicy(),  # noqa: B008 (frozen: one value shared)
         ring_hash: bool = False,
+        token: str | None = None,
     ) -> None:
         self.target = target
         self.timeout = timeout
         self.retry = retry  # how AsyncSession handles retry their steps (NO_RETRY: never)
+        # Sent on every call as `authorization: Bearer TOKEN` (a server with --auth-tokens).
+        self._auth: Metadata = (("authorization", f"Bearer {token}"),) if token else ()
         if ring_hash:  # before the channel: grpcio reads the experiment there
             enable_ring_hash()
         self._channel = grpc.aio.insecure_channel(
             target, options=channel_options(max_message_bytes, ring_hash)
         )
         self._stub = pb_grpc.InferenceStub(self._channel)  # type: ignore[no-untyped-call]
+
+    def _meta(self, session_id: str | None = None) -> Metadata:
+        """A call's metadata: the token, and the session for routing."""
+        return self._auth + routed(session_id)
 
     async def close(self) -> None:
         await self._channel.close(None)
@@ -101,12 +109,16 @@ class AsyncClient:
         await self.close()
 
     async def list_models(self) -> list[ModelVersions]:
-        response = await _call(self._stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout))
+        response = await _call(
+            self._stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout, metadata=self._auth)
+        )
         return [ModelVersions.from_pb(m) for m in response.models]
 
     async def model_info(self, name: str, version: str | None = None) -> ModelInfo:
         request = pb.GetModelRequest(name=name, version=version or "")
-        return ModelInfo.from_pb(await _call(self._stub.GetModel(request, timeout=self.timeout)))
+        return ModelInfo.from_pb(
+            await _call(self._stub.GetModel(request, timeout=self.timeout, metadata=self._auth))
+        )
 
     async def create_session(
         self, model: str, version: str | None = None, session_id: str | None = None
@@ -115,7 +127,7 @@ class AsyncClient:
         return SessionInfo.from_pb(
             await _call(
                 self._stub.CreateSession(
-                    request, timeout=self.timeout, metadata=routed(request.session_id)
+                    request, timeout=self.timeout, metadata=self._meta(request.session_id)
                 )
             )
         )
@@ -125,7 +137,7 @@ class AsyncClient:
         return SessionInfo.from_pb(
             await _call(
                 self._stub.GetSession(
-                    request, timeout=self.timeout, metadata=routed(request.session_id)
+                    request, timeout=self.timeout, metadata=self._meta(request.session_id)
                 )
             )
         )
@@ -135,7 +147,7 @@ class AsyncClient:
         return SessionInfo.from_pb(
             await _call(
                 self._stub.ResetSession(
-                    request, timeout=self.timeout, metadata=routed(request.session_id)
+                    request, timeout=self.timeout, metadata=self._meta(request.session_id)
                 )
             )
         )
@@ -144,7 +156,7 @@ class AsyncClient:
         request = pb.CloseSessionRequest(session_id=session_id)
         response = await _call(
             self._stub.CloseSession(
-                request, timeout=self.timeout, metadata=routed(request.session_id)
+                request, timeout=self.timeout, metadata=self._meta(request.session_id)
             )
         )
         return int(response.position)
@@ -166,7 +178,9 @@ class AsyncClient:
         request = step_request(session_id, values, position=position)
         return step_outputs(
             await _call(
-                self._stub.Step(request, timeout=self.timeout, metadata=routed(request.session_id))
+                self._stub.Step(
+                    request, timeout=self.timeout, metadata=self._meta(request.session_id)
+                )
             )
         )
 
@@ -181,7 +195,7 @@ class AsyncClient:
                 yield step_request(sid, values, request_id=i)
                 i += 1
 
-        call = self._stub.StepStream(requests())
+        call = self._stub.StepStream(requests(), metadata=self._auth)
         try:
             async for response in call:
                 yield StreamResult.from_pb(response)
@@ -195,14 +209,15 @@ class AsyncClient:
     ) -> BatchResult:
         request = batch_request(steps, positions=positions)
         return batch_result(
-            request, await _call(self._stub.BatchStep(request, timeout=self.timeout))
+            request,
+            await _call(self._stub.BatchStep(request, timeout=self.timeout, metadata=self._auth)),
         )
 
     async def export_session(self, session_id: str) -> bytes:
         request = pb.ExportSessionRequest(session_id=session_id)
         state = await _call(
             self._stub.ExportSession(
-                request, timeout=self.timeout, metadata=routed(request.session_id)
+                request, timeout=self.timeout, metadata=self._meta(request.session_id)
             )
         )
         return bytes(state.SerializeToString())
@@ -214,7 +229,7 @@ class AsyncClient:
                 self._stub.ImportSession(
                     request,
                     timeout=self.timeout,
-                    metadata=routed(request.session_id or request.state.session_id),
+                    metadata=self._meta(request.session_id or request.state.session_id),
                 )
             )
         )
@@ -222,7 +237,9 @@ class AsyncClient:
     async def forecast(self, session_id: str, horizon: int) -> F32:
         request = pb.ForecastRequest(session_id=session_id, horizon=horizon)
         response = await _call(
-            self._stub.Forecast(request, timeout=self.timeout, metadata=routed(request.session_id))
+            self._stub.Forecast(
+                request, timeout=self.timeout, metadata=self._meta(request.session_id)
+            )
         )
         return forecast_outputs(response)
 
@@ -294,7 +311,7 @@ class AsyncSession:
 
         for delay in itertools.chain(self.client.retry.delays(), [None]):
             call = self.client._stub.StepStream(
-                requests([r for _, r in pending]), metadata=routed(self.id)
+                requests([r for _, r in pending]), metadata=self.client._meta(self.id)
             )
             try:
                 async for response in call:

@@ -21,6 +21,7 @@ from seqserve.client._common import (
     ArrayLike,
     BatchResult,
     FailedPreconditionError,
+    Metadata,
     ModelInfo,
     ModelVersions,
     NotFoundError,
@@ -69,16 +70,23 @@ class Client:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         retry: RetryPolicy = RetryPolicy(),  # noqa: B008 (frozen: one value shared)
         ring_hash: bool = False,
+        token: str | None = None,
     ) -> None:
         self.target = target
         self.timeout = timeout  # per unary call; streams are not bounded
         self.retry = retry  # how Session handles retry their steps (NO_RETRY: never)
+        # Sent on every call as `authorization: Bearer TOKEN` (a server with --auth-tokens).
+        self._auth: Metadata = (("authorization", f"Bearer {token}"),) if token else ()
         if ring_hash:  # before the channel: grpcio reads the experiment there
             enable_ring_hash()
         self._channel = grpc.insecure_channel(
             target, options=channel_options(max_message_bytes, ring_hash)
         )
         self._stub = pb_grpc.InferenceStub(self._channel)  # type: ignore[no-untyped-call]
+
+    def _meta(self, session_id: str | None = None) -> Metadata:
+        """A call's metadata: the token, and the session for routing."""
+        return self._auth + routed(session_id)
 
     def close(self) -> None:
         self._channel.close()
@@ -102,13 +110,17 @@ class Client:
 
     def list_models(self) -> list[ModelVersions]:
         response = _call(
-            lambda: self._stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout)
+            lambda: self._stub.ListModels(
+                pb.ListModelsRequest(), timeout=self.timeout, metadata=self._auth
+            )
         )
         return [ModelVersions.from_pb(m) for m in response.models]
 
     def model_info(self, name: str, version: str | None = None) -> ModelInfo:
         request = pb.GetModelRequest(name=name, version=version or "")
-        return ModelInfo.from_pb(_call(lambda: self._stub.GetModel(request, timeout=self.timeout)))
+        return ModelInfo.from_pb(
+            _call(lambda: self._stub.GetModel(request, timeout=self.timeout, metadata=self._auth))
+        )
 
     # -- sessions --------------------------------------------------------------------------------
 
@@ -119,7 +131,7 @@ class Client:
         return SessionInfo.from_pb(
             _call(
                 lambda: self._stub.CreateSession(
-                    request, timeout=self.timeout, metadata=routed(request.session_id)
+                    request, timeout=self.timeout, metadata=self._meta(request.session_id)
                 )
             )
         )
@@ -129,7 +141,7 @@ class Client:
         return SessionInfo.from_pb(
             _call(
                 lambda: self._stub.GetSession(
-                    request, timeout=self.timeout, metadata=routed(request.session_id)
+                    request, timeout=self.timeout, metadata=self._meta(request.session_id)
                 )
             )
         )
@@ -139,7 +151,7 @@ class Client:
         return SessionInfo.from_pb(
             _call(
                 lambda: self._stub.ResetSession(
-                    request, timeout=self.timeout, metadata=routed(request.session_id)
+                    request, timeout=self.timeout, metadata=self._meta(request.session_id)
                 )
             )
         )
@@ -149,7 +161,7 @@ class Client:
         request = pb.CloseSessionRequest(session_id=session_id)
         response = _call(
             lambda: self._stub.CloseSession(
-                request, timeout=self.timeout, metadata=routed(request.session_id)
+                request, timeout=self.timeout, metadata=self._meta(request.session_id)
             )
         )
         return int(response.position)
@@ -169,7 +181,7 @@ class Client:
         return step_outputs(
             _call(
                 lambda: self._stub.Step(
-                    request, timeout=self.timeout, metadata=routed(request.session_id)
+                    request, timeout=self.timeout, metadata=self._meta(request.session_id)
                 )
             )
         )
@@ -185,7 +197,7 @@ class Client:
         requests = (
             step_request(sid, values, request_id=i) for i, (sid, values) in enumerate(steps)
         )
-        responses = self._stub.StepStream(requests)
+        responses = self._stub.StepStream(requests, metadata=self._auth)
         try:
             for response in responses:
                 yield StreamResult.from_pb(response)
@@ -204,7 +216,8 @@ class Client:
         """
         request = batch_request(steps, positions=positions)
         return batch_result(
-            request, _call(lambda: self._stub.BatchStep(request, timeout=self.timeout))
+            request,
+            _call(lambda: self._stub.BatchStep(request, timeout=self.timeout, metadata=self._auth)),
         )
 
     def export_session(self, session_id: str) -> bytes:
@@ -212,7 +225,7 @@ class Client:
         request = pb.ExportSessionRequest(session_id=session_id)
         state = _call(
             lambda: self._stub.ExportSession(
-                request, timeout=self.timeout, metadata=routed(request.session_id)
+                request, timeout=self.timeout, metadata=self._meta(request.session_id)
             )
         )
         return bytes(state.SerializeToString())
@@ -225,7 +238,7 @@ class Client:
                 lambda: self._stub.ImportSession(
                     request,
                     timeout=self.timeout,
-                    metadata=routed(request.session_id or request.state.session_id),
+                    metadata=self._meta(request.session_id or request.state.session_id),
                 )
             )
         )
@@ -235,7 +248,7 @@ class Client:
         request = pb.ForecastRequest(session_id=session_id, horizon=horizon)
         response = _call(
             lambda: self._stub.Forecast(
-                request, timeout=self.timeout, metadata=routed(request.session_id)
+                request, timeout=self.timeout, metadata=self._meta(request.session_id)
             )
         )
         return forecast_outputs(response)
@@ -317,7 +330,9 @@ class Session:
                     time.sleep(delay)
 
     def _attempt(self, window: _Window) -> Iterator[F32]:
-        responses = self.client._stub.StepStream(window.requests(), metadata=routed(self.id))
+        responses = self.client._stub.StepStream(
+            window.requests(), metadata=self.client._meta(self.id)
+        )
         try:
             for response in responses:
                 outputs, position = window.answered(response)

@@ -16,6 +16,7 @@ import logging
 import signal
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -25,6 +26,7 @@ from grpc_reflection.v1alpha import reflection
 from seqserve.api import seqserve_pb2 as pb
 from seqserve.core.runtime import ModelRegistry
 from seqserve.core.sessions import SessionManager
+from seqserve.grpc.auth import TokenTable
 from seqserve.grpc.registration import add_inference_servicer
 from seqserve.grpc.servicer import InferenceServicer
 from seqserve.settings import ServerSettings
@@ -95,6 +97,7 @@ class Server:
             self._sessions,
             max_message_bytes=settings.max_message_bytes,
             max_streams=settings.max_streams,
+            tokens=TokenTable(Path(settings.auth_tokens)) if settings.auth_tokens else None,
         )
         try:
             if settings.metrics_address:
@@ -148,6 +151,11 @@ class Server:
             raise OSError(f"cannot listen on {settings.address}: {exc}") from exc
         await server.start()
         return server
+
+    def reload_tokens(self) -> None:
+        """SIGHUP: read the --auth-tokens file again (a bad one keeps the previous tokens)."""
+        if self._servicer is not None and self._servicer.tokens is not None:
+            self._servicer.tokens.reload()
 
     def _stop_metrics(self) -> None:
         if self._metrics is not None:
@@ -207,11 +215,12 @@ async def serve(settings: ServerSettings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         # Before startup: a signal during it is then acted on once it is done.
         loop.add_signal_handler(sig, server.stop_requested.set)
+    loop.add_signal_handler(signal.SIGHUP, server.reload_tokens)
     try:
         await server.startup()
         await server.stop_requested.wait()
         await server.shutdown()
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
     return server.exit_code

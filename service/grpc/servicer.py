@@ -31,6 +31,7 @@ from seqserve.core.batchplan import BatchPlan
 from seqserve.core.pipeline import Answer, StepPipeline
 from seqserve.core.sessions import SessionInfo, SessionManager
 from seqserve.grpc import batches, sessionstate
+from seqserve.grpc.auth import TokenTable, Unauthenticated
 from seqserve.grpc.status import to_status
 from seqserve.grpc.streams import encode, serve_stream, step_response
 from seqserve.logs import ACCESS, access_line
@@ -43,12 +44,6 @@ STREAM_MAX_IN_FLIGHT = 256
 REFUSAL_READ_S = 1.0  # how long a refused stream may take to send its first request
 
 Context = grpc.aio.ServicerContext[object, object]
-
-
-def principal_of(context: Context) -> str:
-    """Who is calling. The seam for authentication: every core call carries it."""
-    del context  # no authentication yet
-    return ANONYMOUS
 
 
 _Req = TypeVar("_Req")
@@ -71,9 +66,10 @@ def _unary(
     async def handler(self: _Self, request: _Req, context: Context) -> _Resp:
         self._call_started()
         started = time.perf_counter()
-        principal = principal_of(context)
+        principal = "-"  # until the call's token says who it is
         code_name = "OK"
         try:
+            principal = self.principal_of(context)
             return await body(self, request, principal)
         except Exception as exc:
             code, message = to_status(exc)
@@ -123,9 +119,15 @@ def _session_pb(info: SessionInfo) -> pb.SessionInfo:
 
 class InferenceServicer(pb_grpc.InferenceServicer):
     def __init__(
-        self, sessions: SessionManager, *, max_message_bytes: int, max_streams: int
+        self,
+        sessions: SessionManager,
+        *,
+        max_message_bytes: int,
+        max_streams: int,
+        tokens: TokenTable | None = None,
     ) -> None:
         self._sessions = sessions
+        self.tokens = tokens  # None: no authentication, every caller is ANONYMOUS
         self._max_streams = max_streams
         self._max_steps_per_request = sessions.settings.max_steps_per_request
         self._max_message_bytes = max_message_bytes
@@ -135,6 +137,12 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         # Requests answered, by (RPC, status code name); each StepStream message counts.
         self.requests: collections.Counter[tuple[str, str]] = collections.Counter()
         self._last_start = 0.0  # loop time at which the latest call reached its handler
+
+    def principal_of(self, context: Context) -> str:
+        """Who is calling: every core call carries it. Unauthenticated without a valid token."""
+        if self.tokens is None:
+            return ANONYMOUS
+        return self.tokens.principal(context.invocation_metadata())
 
     def _call_started(self) -> None:
         self._active += 1
@@ -242,7 +250,12 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         started = time.perf_counter()
         seen = _StreamSeen()
         code_name = "OK"
+        principal = "-"
         try:
+            try:
+                principal = self.principal_of(context)
+            except Unauthenticated as exc:
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
             if len(self._streams) >= self._max_streams:
                 # Read the first request before refusing: a refusal that overtakes the
                 # client's first message reached grpc's Python client as INTERNAL.
@@ -255,7 +268,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                     "of many sessions on one stream or in BatchStep",
                 )
             pipeline: StepPipeline[int] = StepPipeline(
-                self._sessions, principal_of(context), STREAM_MAX_IN_FLIGHT
+                self._sessions, principal, STREAM_MAX_IN_FLIGHT
             )
             self._streams.add(pipeline)
             try:
@@ -275,7 +288,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             self._active -= 1
             if ACCESS.isEnabledFor(logging.INFO):
                 seconds = time.perf_counter() - started
-                access_line(secrets.token_hex(6), principal_of(context), "StepStream",
+                access_line(secrets.token_hex(6), principal, "StepStream",
                             seen.session, code_name, seconds, seen.messages)  # fmt: skip
 
     def _counted(self, answer: Answer[int]) -> pb.StepResponse:

@@ -15,6 +15,7 @@ import grpc
 
 from seqserve.api import seqserve_pb2 as pb
 from seqserve.core import errors
+from seqserve.grpc.auth import Unauthenticated
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,8 @@ STATUS_CODES: dict[type[errors.SeqServeError], grpc.StatusCode] = {
 
 def to_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The status code and message a client sees for `exc`."""
+    if isinstance(exc, Unauthenticated):
+        return grpc.StatusCode.UNAUTHENTICATED, str(exc)
     if isinstance(exc, errors.SeqServeError):
         for cls, code in STATUS_CODES.items():
             if isinstance(exc, cls):
