@@ -17,6 +17,7 @@ import asyncio
 import importlib
 import importlib.metadata
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -53,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     where = models.add_mutually_exclusive_group()
     where.add_argument("--target", default="localhost:50051", help="server HOST:PORT")
     where.add_argument("--repository", type=Path, help="read a repository folder instead")
+    models.add_argument(
+        "--token",
+        default=os.environ.get("SEQSERVE_TOKEN"),
+        help="bearer token, for a server run with --auth-tokens [env SEQSERVE_TOKEN]",
+    )
     models.set_defaults(run=_models)
 
     from seqserve.client import predict  # light: the client and numpy
@@ -129,7 +135,7 @@ def _models(args: argparse.Namespace) -> int:
     from seqserve.client import Client, SeqServeClientError
 
     try:
-        with Client(args.target, timeout=10.0) as client:
+        with Client(args.target, timeout=10.0, token=args.token) as client:
             rows = []
             for entry in client.list_models():
                 for version in entry.versions:

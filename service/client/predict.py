@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -51,6 +52,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "less a numeric first column such as a time index when that leaves one per input)",
     )
     parser.add_argument("--target", default="localhost:50051", help="server HOST:PORT")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("SEQSERVE_TOKEN"),
+        help="bearer token, for a server run with --auth-tokens [env SEQSERVE_TOKEN]",
+    )
     parser.add_argument("--out", default="-", help="output CSV (default: standard output)")
     parser.add_argument("--plot", type=Path, default=None, help="PNG of prediction vs actual")
     parser.add_argument(
@@ -190,7 +196,7 @@ def plot(path: Path, table: Table, outputs: F32, model: ModelInfo) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        with Client(args.target) as client:
+        with Client(args.target, token=args.token) as client:
             model = client.model_info(args.model, args.version)
             table = read_table(args.csv, args.column, model.input_size)
             outputs = predict(client, model, table.values, args.chunk)

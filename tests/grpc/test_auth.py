@@ -13,6 +13,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from seqserve import cli
 from seqserve.api import seqserve_pb2 as pb
 from seqserve.api import seqserve_pb2_grpc as pb_grpc
 from seqserve.client import Client, NotFoundError, SeqServeClientError
@@ -178,3 +179,14 @@ def test_bad_tokens_files_are_refused_with_the_line(tmp_path: Path) -> None:
     with pytest.raises(TokenError, match="cannot read the tokens file"):
         TokenTable(tmp_path / "missing")
     assert list(parse("x y # a comment\n", "f").values()) == ["y"]
+
+
+def test_the_cli_takes_a_token(
+    running: ServerThread, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert cli.main(["models", "--target", running.target]) != 0
+    assert "UNAUTHENTICATED" in capsys.readouterr().err
+    assert cli.main(["models", "--target", running.target, "--token", "alice-secret"]) == 0
+    assert MODEL in capsys.readouterr().out
+    monkeypatch.setenv("SEQSERVE_TOKEN", "bob-secret")  # kept out of argv and shell history
+    assert cli.main(["models", "--target", running.target]) == 0
