@@ -161,12 +161,16 @@ def from_rpc_error(exc: grpc.RpcError) -> SeqServeClientError:
 
 
 def from_stream_error(exc: grpc.RpcError) -> SeqServeClientError:
-    """`from_rpc_error` for a stream's own status. A proxy that loses its upstream mid-stream
-    (Envoy when a replica dies) resets the stream: gRPC reports INTERNAL "RST_STREAM", which
-    is a broken stream like any other, so it is UNAVAILABLE here (resent by position)."""
+    """`from_rpc_error` for the status a session handle's stream ended with while it was
+    being read. A proxy that loses its upstream mid-stream (Envoy when a replica dies or
+    restarts) resets the stream: gRPC reports INTERNAL "RST_STREAM", or CANCELLED though
+    this client cancelled nothing. Either is a broken stream like any other, so it is
+    UNAVAILABLE here, and its steps are resent by position (applied once)."""
     err = from_rpc_error(exc)
     if err.code == grpc.StatusCode.INTERNAL and "RST_STREAM" in err.message:
         return UnavailableError(f"the stream was reset on its way ({err.message})")
+    if err.code == grpc.StatusCode.CANCELLED:
+        return UnavailableError(f"the stream was cancelled on its way ({err.message})")
     return err
 
 

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 
@@ -26,7 +27,7 @@ from seqserve.client import (
     RetryPolicy,
     UnavailableError,
 )
-from seqserve.client._common import SESSION_HEADER, routed
+from seqserve.client._common import SESSION_HEADER, from_stream_error, routed
 from tests.grpc.conftest import Zoo
 from tests.grpc.test_durable import Restartable, assert_all_match, stream_sessions
 from tests.store.conftest import RedisServer, redis_server
@@ -168,3 +169,34 @@ def test_the_routing_header_is_left_out_where_it_cannot_help() -> None:
     # and the server answers it (NOT_FOUND, INVALID_ARGUMENT) instead of the transport.
     for sid in ("", None, "m" * 129, "sensör-1", "tab\tid"):
         assert routed(sid) == ()
+
+
+class _Ended(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        self._code, self._details = code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
+def test_a_stream_reset_by_a_proxy_is_a_broken_stream_to_resend() -> None:
+    """What Envoy hands a client whose replica went away mid-stream: resent by position.
+    The server's own refusals keep their codes."""
+    broken = [
+        (grpc.StatusCode.INTERNAL, "Received RST_STREAM with error code 2"),
+        (grpc.StatusCode.CANCELLED, "CANCELLED"),
+        (grpc.StatusCode.UNAVAILABLE, "upstream connect error"),
+    ]
+    for code, details in broken:
+        assert isinstance(from_stream_error(_Ended(code, details)), UnavailableError), code
+    kept = [
+        (grpc.StatusCode.INTERNAL, "internal error (request id 3f9c0a1b2d4e)"),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "too many open streams"),
+        (grpc.StatusCode.INVALID_ARGUMENT, "undecodable request"),
+    ]
+    for code, details in kept:
+        err = from_stream_error(_Ended(code, details))
+        assert err.code == code and not isinstance(err, UnavailableError), code
