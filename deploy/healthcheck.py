@@ -1,9 +1,11 @@
 """Container health check: exit 0 when the local server's gRPC health service says SERVING.
 
 The image's HEALTHCHECK and the compose file run this; Kubernetes uses its
-native gRPC probes instead. The port comes from SEQSERVE_ADDRESS, so the check
-follows a changed address. Usage: healthcheck.py [SERVICE] ("" = the whole
-server, "seqserve.v1.Inference" = the inference service).
+native gRPC probes instead. It dials SEQSERVE_HEALTH_ADDRESS, the plaintext
+health-only port, when that is set (it must be under TLS: this check speaks
+plaintext), else SEQSERVE_ADDRESS, so the check follows a changed address.
+Usage: healthcheck.py [SERVICE] ("" = the whole server, "seqserve.v1.Inference"
+= the inference service).
 """
 
 from __future__ import annotations
@@ -18,11 +20,11 @@ DEFAULT_ADDRESS = "0.0.0.0:50051"
 TIMEOUT_S = 3.0
 
 
-def local_target(address: str) -> str:
+def local_target(address: str, variable: str = "SEQSERVE_ADDRESS") -> str:
     """The address to dial for a server listening on `address` in this container."""
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit():
-        raise ValueError(f"SEQSERVE_ADDRESS: expected HOST:PORT, got {address!r}")
+        raise ValueError(f"{variable}: expected HOST:PORT, got {address!r}")
     if host in ("", "0.0.0.0", "[::]", "::", "*"):
         host = "127.0.0.1"  # a wildcard bind answers on loopback
     return f"{host}:{port}"
@@ -30,8 +32,19 @@ def local_target(address: str) -> str:
 
 def main(argv: list[str]) -> int:
     service = argv[0] if argv else ""
+    health = os.environ.get("SEQSERVE_HEALTH_ADDRESS", "")
+    if not health and os.environ.get("SEQSERVE_TLS_CERT"):
+        print(
+            "unhealthy: the gRPC port speaks TLS; set SEQSERVE_HEALTH_ADDRESS (a plaintext "
+            "health-only port) for this check",
+            file=sys.stderr,
+        )
+        return 1
     try:
-        target = local_target(os.environ.get("SEQSERVE_ADDRESS", DEFAULT_ADDRESS))
+        if health:
+            target = local_target(health, "SEQSERVE_HEALTH_ADDRESS")
+        else:
+            target = local_target(os.environ.get("SEQSERVE_ADDRESS", DEFAULT_ADDRESS))
     except ValueError as exc:
         print(f"unhealthy: {exc}", file=sys.stderr)
         return 1

@@ -17,7 +17,6 @@ import asyncio
 import importlib
 import importlib.metadata
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -50,15 +49,22 @@ def build_parser() -> argparse.ArgumentParser:
     ServerSettings.add_arguments(serve)
     serve.set_defaults(run=_serve)
 
-    models = sub.add_parser("models", help="list the models of a running server or a folder")
-    where = models.add_mutually_exclusive_group()
-    where.add_argument("--target", default="localhost:50051", help="server HOST:PORT")
-    where.add_argument("--repository", type=Path, help="read a repository folder instead")
-    models.add_argument(
-        "--token",
-        default=os.environ.get("SEQSERVE_TOKEN"),
-        help="bearer token, for a server run with --auth-tokens [env SEQSERVE_TOKEN]",
+    from seqserve.client.options import add_connection_arguments  # light: the client
+
+    models = sub.add_parser(
+        "models",
+        help="list the models of a running server or a folder; reload a server's repository",
+        description="`seqserve models` lists what a server serves (or, with --repository, "
+        "what a server started on that folder would serve). `seqserve models reload` makes "
+        "a running server read its repository again now: new versions that pass the "
+        "startup checks are served, removed ones take no new sessions.",
     )
+    models.add_argument(
+        "action", nargs="?", choices=("list", "reload"), default="list", help="[list]"
+    )
+    where = models.add_mutually_exclusive_group()
+    where.add_argument("--repository", type=Path, help="read a repository folder instead")
+    add_connection_arguments(models, target=where)
     models.set_defaults(run=_models)
 
     from seqserve.client import predict  # light: the client and numpy
@@ -120,22 +126,30 @@ def _serve(args: argparse.Namespace) -> int:
     from seqserve.core.runtime import ModelLoadError  # loads ONNX Runtime
     from seqserve.grpc.auth import TokenError
     from seqserve.grpc.server import serve
+    from seqserve.grpc.tls import TlsError
 
     keep_round_buffers_in_heap()  # the serving process owns its allocator
     try:
         return asyncio.run(serve(settings))
-    except (ModelLoadError, StoreError, TokenError, OSError) as exc:
+    except (ModelLoadError, StoreError, TokenError, TlsError, OSError) as exc:
         logging.getLogger("seqserve").error("cannot start: %s", exc)
         return 1
 
 
 def _models(args: argparse.Namespace) -> int:
+    if args.action == "reload":
+        if args.repository is not None:
+            print("seqserve models reload: reloads a running server (--target), not a folder",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+        return _reload(args)
     if args.repository is not None:
         return _models_in_folder(args.repository)
-    from seqserve.client import Client, SeqServeClientError
+    from seqserve.client import SeqServeClientError
+    from seqserve.client.options import client_of
 
     try:
-        with Client(args.target, timeout=10.0, token=args.token) as client:
+        with client_of(args, timeout=10.0) as client:
             rows = []
             for entry in client.list_models():
                 for version in entry.versions:
@@ -159,6 +173,26 @@ def _models(args: argparse.Namespace) -> int:
         return 1
     _print_table(rows)
     return 0
+
+
+def _reload(args: argparse.Namespace) -> int:
+    from seqserve.client import SeqServeClientError
+    from seqserve.client.options import client_of
+
+    try:
+        with client_of(args, timeout=120.0) as client:  # loading a large graph takes a while
+            report = client.reload_models()
+    except SeqServeClientError as exc:
+        print(f"seqserve models reload: {args.target}: {exc}", file=sys.stderr)
+        return 1
+    for verb, labels in (("added", report.added), ("removed", report.removed)):
+        for name, version in labels:
+            print(f"{verb:8} {name}/{version}")
+    for name, version, reason in report.refused:
+        print(f"refused  {name}/{version}: {reason}" if version else f"refused  {name}: {reason}")
+    if not (report.added or report.removed or report.refused):
+        print("no change")
+    return 1 if report.refused else 0
 
 
 def _models_in_folder(repository: Path) -> int:

@@ -80,6 +80,13 @@ def _switch(text: str) -> bool:
     return value in ("on", "true", "1", "yes")
 
 
+def _names(text: str) -> str:
+    names = [n.strip() for n in text.split(",")]
+    if text.strip() and not all(names):
+        raise SettingsError(f"expected NAME[,NAME...], got {text!r}")
+    return ",".join(n for n in names if n)
+
+
 def _optional_file(text: str) -> str:
     if text and not Path(text).expanduser().is_file():
         raise SettingsError(f"expected a file, got {text!r} (not a file)")
@@ -192,6 +199,45 @@ class ServerSettings:
         "",
         "file of TOKEN PRINCIPAL lines: calls need authorization: Bearer TOKEN; empty: open",
     )
+    tls_cert: str = _setting(
+        "--tls-cert",
+        _optional_file,
+        "",
+        "PEM certificate (chain) of the gRPC port: TLS; needs --tls-key; empty: plaintext",
+    )
+    tls_key: str = _setting("--tls-key", _optional_file, "", "PEM private key of --tls-cert")
+    tls_client_ca: str = _setting(
+        "--tls-client-ca",
+        _optional_file,
+        "",
+        "PEM CA certificates: clients must present a certificate they signed (mTLS)",
+    )
+    admin_principals: str = _setting(
+        "--admin-principals",
+        _names,
+        "",
+        "comma-separated principals that may call seqserve.v1.Admin when authentication is on; "
+        "empty: none (without authentication: every caller)",
+    )
+    health_address: str = _setting(
+        "--health-address",
+        _optional_address,
+        "",
+        "HOST:PORT of a plaintext port serving only grpc.health.v1 (probes under TLS); empty: off",
+    )
+    max_sessions_per_principal: int = _setting(
+        "--max-sessions-per-principal",
+        _non_negative_int,
+        0,
+        "sessions one principal may hold open; 0: no limit beyond --max-sessions",
+    )
+    reload_interval_s: float = _setting(
+        "--reload-interval",
+        _non_negative_float,
+        0.0,
+        "seconds between looks at the repository for added or removed versions; 0: only on "
+        "request (seqserve models reload)",
+    )
     metrics_address: str = _setting(
         "--metrics-address",
         _optional_address,
@@ -206,6 +252,26 @@ class ServerSettings:
         "--access-log", _switch, False, "on: one log line per call (seqserve.access)"
     )
 
+    def __post_init__(self) -> None:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            given, missing = (
+                ("--tls-cert", "--tls-key") if self.tls_cert else ("--tls-key", "--tls-cert")
+            )
+            raise SettingsError(f"{given} needs {missing} too, got only {given}")
+        if self.tls_client_ca and not self.tls_cert:
+            raise SettingsError("--tls-client-ca needs --tls-cert and --tls-key (mTLS is TLS)")
+
+    @property
+    def authenticated(self) -> bool:
+        """Whether callers prove who they are (a token, or an mTLS client certificate)."""
+        return bool(self.auth_tokens or self.tls_client_ca)
+
+    def admins(self) -> frozenset[str] | None:
+        """Who may call seqserve.v1.Admin; None: everyone (no authentication)."""
+        if not self.authenticated:
+            return None
+        return frozenset(n for n in self.admin_principals.split(",") if n)
+
     def core(self) -> CoreSettings:
         """The part of the settings the serving core reads."""
         return CoreSettings(
@@ -216,6 +282,7 @@ class ServerSettings:
             max_steps_per_request=self.max_steps_per_request,
             max_queue=self.max_queue,
             ort_threads=self.ort_threads,
+            max_sessions_per_principal=self.max_sessions_per_principal,
         )
 
     @staticmethod

@@ -166,9 +166,33 @@ def check(c: Checks) -> None:
 
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     c.expect(ports.get("grpc") == port, f"deployment.yaml: expected port grpc: {port}")
+    # Probes go to the plaintext health port when there is one (the gRPC port may speak TLS).
+    health = env.get("SEQSERVE_HEALTH_ADDRESS", "")
+    probe_port = int(health.rpartition(":")[2]) if health else port
+    if health:
+        c.expect(
+            ports.get("health") == probe_port,
+            f"deployment.yaml: expected port health: {probe_port} (SEQSERVE_HEALTH_ADDRESS)",
+        )
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         grpc_probe = container.get(probe, {}).get("grpc", {})
-        c.expect(grpc_probe.get("port") == port, f"deployment.yaml: {probe} is not gRPC on {port}")
+        c.expect(
+            grpc_probe.get("port") == probe_port,
+            f"deployment.yaml: {probe} is not gRPC on {probe_port}",
+        )
+    mounts = {m["name"]: m["mountPath"] for m in container.get("volumeMounts", [])}
+    secrets = {v["name"]: v["secret"] for v in pod["spec"].get("volumes", []) if "secret" in v}
+    c.expect(
+        secrets.get("credentials", {}).get("secretName") == "seqserve-credentials"
+        and mounts.get("credentials") == CREDENTIALS,
+        f"deployment.yaml: expected the Secret seqserve-credentials mounted at {CREDENTIALS}",
+    )
+    text = (DEPLOY / "k8s" / "configmap.yaml").read_text()
+    for line in text.splitlines():  # the files the commented settings name are in the mount
+        if "/etc/seqserve/" in line:
+            c.expect(
+                CREDENTIALS + "/" in line, f"configmap.yaml: {line.strip()} is not in the mount"
+            )
 
     pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
     pause = float(pre_stop[1]) if pre_stop[0] == "sleep" else 0.0
@@ -221,6 +245,9 @@ def check(c: Checks) -> None:
             any(all(w in row for w in want) for row in rows),
             f"README.md: expected a table row with {', '.join(want)}",
         )
+
+
+CREDENTIALS = "/etc/seqserve/credentials"  # where the Secret's files are
 
 
 def shared(

@@ -6,6 +6,30 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ReloadModelsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ModelVersionChange(_message.Message):
+    __slots__ = ("name", "version", "reason")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: str
+    reason: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ReloadModelsResponse(_message.Message):
+    __slots__ = ("added", "removed", "refused")
+    ADDED_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
+    added: _containers.RepeatedCompositeFieldContainer[ModelVersionChange]
+    removed: _containers.RepeatedCompositeFieldContainer[ModelVersionChange]
+    refused: _containers.RepeatedCompositeFieldContainer[ModelVersionChange]
+    def __init__(self, added: _Optional[_Iterable[_Union[ModelVersionChange, _Mapping]]] = ..., removed: _Optional[_Iterable[_Union[ModelVersionChange, _Mapping]]] = ..., refused: _Optional[_Iterable[_Union[ModelVersionChange, _Mapping]]] = ...) -> None: ...
+
 class Status(_message.Message):
     __slots__ = ("code", "message")
     CODE_FIELD_NUMBER: _ClassVar[int]

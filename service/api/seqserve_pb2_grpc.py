@@ -585,3 +585,88 @@ class Inference:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class AdminStub:
+    """Operating the server. With authentication on (--auth-tokens or
+    --tls-client-ca), only the principals of --admin-principals may call it;
+    others get PERMISSION_DENIED.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ReloadModels = channel.unary_unary(
+                '/seqserve.v1.Admin/ReloadModels',
+                request_serializer=seqserve_dot_v1_dot_seqserve__pb2.ReloadModelsRequest.SerializeToString,
+                response_deserializer=seqserve_dot_v1_dot_seqserve__pb2.ReloadModelsResponse.FromString,
+                _registered_method=True)
+
+
+class AdminServicer:
+    """Operating the server. With authentication on (--auth-tokens or
+    --tls-client-ca), only the principals of --admin-principals may call it;
+    others get PERMISSION_DENIED.
+    """
+
+    def ReloadModels(self, request, context):
+        """Reads the model repository again now (as --reload-interval does
+        periodically). A new version is served only if it passes the startup
+        checks; a removed one takes no new sessions while its open sessions keep
+        working; nothing else changes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_AdminServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ReloadModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReloadModels,
+                    request_deserializer=seqserve_dot_v1_dot_seqserve__pb2.ReloadModelsRequest.FromString,
+                    response_serializer=seqserve_dot_v1_dot_seqserve__pb2.ReloadModelsResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'seqserve.v1.Admin', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('seqserve.v1.Admin', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Admin:
+    """Operating the server. With authentication on (--auth-tokens or
+    --tls-client-ca), only the principals of --admin-principals may call it;
+    others get PERMISSION_DENIED.
+    """
+
+    @staticmethod
+    def ReloadModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/seqserve.v1.Admin/ReloadModels',
+            seqserve_dot_v1_dot_seqserve__pb2.ReloadModelsRequest.SerializeToString,
+            seqserve_dot_v1_dot_seqserve__pb2.ReloadModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -8,6 +8,9 @@
             ...
         future = s.forecast(52)                 # (horizon, O); the session is unchanged
 
+TLS: `Client(target, tls=TLS(ca="ca.pem"))` (see seqserve.client.tls); a
+server with --auth-tokens also needs `token=...`.
+
 Failed calls raise a `SeqServeClientError` subclass carrying `.code` (the
 gRPC status code) and `.message` (what was expected and what arrived).
 """
@@ -23,6 +26,7 @@ from seqserve.client._common import (
     ModelInfo,
     ModelVersions,
     NotFoundError,
+    ReloadReport,
     ResourceExhaustedError,
     SeqServeClientError,
     SessionInfo,
@@ -33,9 +37,11 @@ from seqserve.client._common import (
 from seqserve.client.aio import AsyncClient, AsyncSession
 from seqserve.client.retry import NO_RETRY, RetryPolicy
 from seqserve.client.sync import Client, Session
+from seqserve.client.tls import TLS
 
 __all__ = [
     "NO_RETRY",
+    "TLS",
     "AlreadyExistsError",
     "AsyncClient",
     "AsyncSession",
@@ -49,6 +55,7 @@ __all__ = [
     "ModelInfo",
     "ModelVersions",
     "NotFoundError",
+    "ReloadReport",
     "ResourceExhaustedError",
     "RetryPolicy",
     "SeqServeClientError",

@@ -378,3 +378,21 @@ def batch_result(request: pb.BatchStepRequest, response: pb.BatchStepResponse) -
             result.positions[sid] = response.positions[i]
         offset += length
     return result
+
+
+@dataclass(frozen=True)
+class ReloadReport:
+    """What `reload_models` changed: (name, version) added and removed, and those refused
+    with the reason (version "" for a model folder refused as a whole)."""
+
+    added: list[tuple[str, str]]
+    removed: list[tuple[str, str]]
+    refused: list[tuple[str, str, str]]
+
+    @classmethod
+    def from_pb(cls, r: pb.ReloadModelsResponse) -> ReloadReport:
+        return cls(
+            added=[(c.name, c.version) for c in r.added],
+            removed=[(c.name, c.version) for c in r.removed],
+            refused=[(c.name, c.version, c.reason) for c in r.refused],
+        )

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-import os
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import numpy as np
 
 from seqserve.client import Client, ModelInfo, SeqServeClientError
 from seqserve.client._common import F32
+from seqserve.client.options import add_connection_arguments, client_of
 
 DEFAULT_CHUNK = 256
 ZOOM_ROWS = 200  # the plot's second panel shows the last rows up close
@@ -51,12 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="input column, once per model input, in order (default: the numeric columns, "
         "less a numeric first column such as a time index when that leaves one per input)",
     )
-    parser.add_argument("--target", default="localhost:50051", help="server HOST:PORT")
-    parser.add_argument(
-        "--token",
-        default=os.environ.get("SEQSERVE_TOKEN"),
-        help="bearer token, for a server run with --auth-tokens [env SEQSERVE_TOKEN]",
-    )
+    add_connection_arguments(parser)
     parser.add_argument("--out", default="-", help="output CSV (default: standard output)")
     parser.add_argument("--plot", type=Path, default=None, help="PNG of prediction vs actual")
     parser.add_argument(
@@ -196,7 +191,7 @@ def plot(path: Path, table: Table, outputs: F32, model: ModelInfo) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        with Client(args.target, token=args.token) as client:
+        with client_of(args) as client:
             model = client.model_info(args.model, args.version)
             table = read_table(args.csv, args.column, model.input_size)
             outputs = predict(client, model, table.values, args.chunk)

@@ -25,6 +25,7 @@ from seqserve.client._common import (
     ModelInfo,
     ModelVersions,
     NotFoundError,
+    ReloadReport,
     SessionInfo,
     StreamResult,
     UnavailableError,
@@ -43,6 +44,7 @@ from seqserve.client._common import (
     steps_in,
 )
 from seqserve.client.retry import RETAINED, RetryPolicy
+from seqserve.client.tls import TLS, as_tls
 
 _T = TypeVar("_T")
 
@@ -71,6 +73,7 @@ class Client:
         retry: RetryPolicy = RetryPolicy(),  # noqa: B008 (frozen: one value shared)
         ring_hash: bool = False,
         token: str | None = None,
+        tls: TLS | bool | None = None,
     ) -> None:
         self.target = target
         self.timeout = timeout  # per unary call; streams are not bounded
@@ -79,10 +82,16 @@ class Client:
         self._auth: Metadata = (("authorization", f"Bearer {token}"),) if token else ()
         if ring_hash:  # before the channel: grpcio reads the experiment there
             enable_ring_hash()
-        self._channel = grpc.insecure_channel(
-            target, options=channel_options(max_message_bytes, ring_hash)
-        )
+        options = channel_options(max_message_bytes, ring_hash)
+        secure = as_tls(tls)  # None: plaintext
+        if secure is None:
+            self._channel = grpc.insecure_channel(target, options=options)
+        else:
+            self._channel = grpc.secure_channel(
+                target, secure.credentials(), options=options + secure.options()
+            )
         self._stub = pb_grpc.InferenceStub(self._channel)  # type: ignore[no-untyped-call]
+        self._admin = pb_grpc.AdminStub(self._channel)  # type: ignore[no-untyped-call]
 
     def _meta(self, session_id: str | None = None) -> Metadata:
         """A call's metadata: the token, and the session for routing."""
@@ -115,6 +124,15 @@ class Client:
             )
         )
         return [ModelVersions.from_pb(m) for m in response.models]
+
+    def reload_models(self) -> ReloadReport:
+        """Make the server read its model repository again now (seqserve.v1.Admin)."""
+        request = pb.ReloadModelsRequest()
+        return ReloadReport.from_pb(
+            _call(
+                lambda: self._admin.ReloadModels(request, timeout=self.timeout, metadata=self._auth)
+            )
+        )
 
     def model_info(self, name: str, version: str | None = None) -> ModelInfo:
         request = pb.GetModelRequest(name=name, version=version or "")

@@ -107,6 +107,11 @@ class Batcher(Generic[Owner]):
         self.offloaded = 0  # rounds run in the worker thread
 
     @property
+    def stopped(self) -> bool:
+        """Started and then stopped (a batcher is never started again)."""
+        return self._idle is not None and not self._running
+
+    @property
     def queued(self) -> int:
         """Rows submitted and not yet taken into a round."""
         return self._queued

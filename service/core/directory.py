@@ -14,7 +14,8 @@ Semantics every directory keeps:
 - A session idle (no step, forecast or reset) for longer than the TTL is
   evicted, lazily when it is next named and by a periodic `sweep`; it then
   answers NOT_FOUND.
-- At the session cap, idle sessions are swept before RESOURCE_EXHAUSTED.
+- At the session cap, idle sessions are swept before RESOURCE_EXHAUSTED; the
+  same holds for a principal at its quota (counted with `held_by`).
 """
 
 from __future__ import annotations
@@ -71,6 +72,10 @@ class SessionDirectory(Protocol):
         ...
 
     def __len__(self) -> int: ...
+
+    def held_by(self, principal: str) -> int:
+        """Open sessions of one principal (the per-principal quota counts these)."""
+        ...
 
     def create(self, version: ModelVersion, session_id: str | None, principal: str) -> Session:
         """A new session in a zeroed slot of `version` (a minted id when none is given)."""

@@ -39,20 +39,38 @@ def _visible_dirs(folder: Path) -> list[Path]:
     return [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))]
 
 
-def scan(repository: Path) -> list[VersionFolder]:
-    """Every version folder, by model name and then version order (the last is the latest)."""
+def scan_each(repository: Path) -> tuple[list[VersionFolder], list[tuple[str, str]]]:
+    """Every version folder, and (model, problem) for each model folder that holds none.
+
+    A reload serves what it can: a broken model folder is refused, the others go on.
+    """
     repository = Path(repository)
     if not repository.is_dir():
         raise ModelLoadError(f"model repository {repository} is not a folder")
     found: list[VersionFolder] = []
+    problems: list[tuple[str, str]] = []
     for model_dir in sorted(_visible_dirs(repository)):
         versions = sorted(_visible_dirs(model_dir), key=lambda p: version_key(p.name))
         if not versions:
-            raise ModelLoadError(
-                f"model {model_dir.name}: no version folders in {model_dir} "
-                f"(expected {model_dir}/<version>/{ONNX_FILE})"
+            problems.append(
+                (
+                    model_dir.name,
+                    f"model {model_dir.name}: no version folders in {model_dir} "
+                    f"(expected {model_dir}/<version>/{ONNX_FILE})",
+                )
             )
         found += [VersionFolder(model_dir.name, v.name, v) for v in versions]
+    return found, problems
+
+
+def scan(repository: Path) -> list[VersionFolder]:
+    """Every version folder, by model name and then version order (the last is the latest).
+
+    At startup any problem fails the whole load.
+    """
+    found, problems = scan_each(repository)
+    if problems:
+        raise ModelLoadError(problems[0][1])
     if not found:
         raise ModelLoadError(
             f"model repository {repository} holds no models "

@@ -24,7 +24,13 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from seqserve.core.errors import NotFound, quoted
-from seqserve.core.repository import ModelLoadError, read_version, scan, version_key
+from seqserve.core.repository import (
+    ModelLoadError,
+    VersionFolder,
+    read_version,
+    scan,
+    version_key,
+)
 from seqserve.core.spec import ONNX_FILE, ModelSpec
 
 __all__ = ["LoadedModel", "ModelEntry", "ModelLoadError", "ModelRegistry", "version_key"]
@@ -209,37 +215,68 @@ def check_graph(session: ort.InferenceSession, spec: ModelSpec, where: str) -> N
         _check_tensor(where, "state output", outputs[s.output], s.shape, fixed)
 
 
-class ModelRegistry:
-    """Every loaded model version, by name and version."""
+def load_version(folder: VersionFolder, ort_threads: int) -> LoadedModel:
+    """Load and check one version folder as startup does (ModelLoadError if it fails)."""
+    m = LoadedModel(folder.name, folder.version, read_version(folder), folder.path, ort_threads)
+    log.info(
+        "loaded model %s (%s, input %d, output %d, hidden %d x %d layers, %d parameters)",
+        m.label,
+        m.spec.cell,
+        m.spec.input_size,
+        m.spec.output_size,
+        m.spec.hidden_size,
+        m.spec.num_layers,
+        m.spec.parameters,
+    )
+    return m
 
-    def __init__(self, models: Sequence[LoadedModel]) -> None:
+
+class ModelRegistry:
+    """Every served model version, by name and version.
+
+    What is served changes on a reload (seqserve.core.reload): `add` and `remove`
+    change the served set, and a removed version's LoadedModel lives on with the
+    sessions that still use it.
+    """
+
+    def __init__(
+        self, models: Sequence[LoadedModel], repository: Path | None = None, ort_threads: int = 1
+    ) -> None:
+        self.repository = repository  # where `load` read the models (None: built in code)
+        self.ort_threads = ort_threads
         self._models: dict[str, dict[str, LoadedModel]] = {}
+        self._entries: dict[str, ModelEntry] = {}
         for m in models:
             self._models.setdefault(m.name, {})[m.version] = m
-        self._entries: dict[str, ModelEntry] = {}
-        for name, versions in sorted(self._models.items()):
-            ordered = sorted(versions, key=version_key)
-            self._entries[name] = ModelEntry(name=name, versions=ordered, latest=ordered[-1])
+        for name in list(self._models):
+            self._index(name)
+
+    def _index(self, name: str) -> None:
+        """Rebuild one model's entry (its versions and latest) after a change."""
+        versions = self._models.get(name)
+        if not versions:
+            self._models.pop(name, None)
+            self._entries.pop(name, None)
+            return
+        ordered = sorted(versions, key=version_key)
+        self._entries[name] = ModelEntry(name=name, versions=ordered, latest=ordered[-1])
+        self._entries = dict(sorted(self._entries.items()))
+
+    def add(self, model: LoadedModel) -> None:
+        """Serve a version (and make it the model's latest if it sorts last)."""
+        self._models.setdefault(model.name, {})[model.version] = model
+        self._index(model.name)
+
+    def remove(self, name: str, version: str) -> None:
+        """Stop offering a version: it takes no new sessions and is no longer listed."""
+        self._models.get(name, {}).pop(version, None)
+        self._index(name)
 
     @classmethod
     def load(cls, repository: Path, ort_threads: int = 1) -> ModelRegistry:
         """Load every `<name>/<version>/` under `repository`; any broken folder fails the load."""
-        models = [
-            LoadedModel(f.name, f.version, read_version(f), f.path, ort_threads)
-            for f in scan(repository)
-        ]
-        for m in models:
-            log.info(
-                "loaded model %s (%s, input %d, output %d, hidden %d x %d layers, %d parameters)",
-                m.label,
-                m.spec.cell,
-                m.spec.input_size,
-                m.spec.output_size,
-                m.spec.hidden_size,
-                m.spec.num_layers,
-                m.spec.parameters,
-            )
-        return cls(models)
+        models = [load_version(f, ort_threads) for f in scan(repository)]
+        return cls(models, repository, ort_threads)
 
     def list(self) -> list[ModelEntry]:
         return list(self._entries.values())

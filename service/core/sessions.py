@@ -35,9 +35,10 @@ import numpy.typing as npt
 from seqserve.core import snapshots, validation
 from seqserve.core.batcher import Batcher
 from seqserve.core.batchplan import BatchPlan, BatchResult
+from seqserve.core.catalog import Catalog
 from seqserve.core.directory import ID, SLOT, VERSION, DirectoryFactory, Session, SessionDirectory
 from seqserve.core.durability import Durability
-from seqserve.core.errors import FailedPrecondition, Unavailable
+from seqserve.core.errors import FailedPrecondition, ResourceExhausted, Unavailable, quoted
 from seqserve.core.figures import Histogram
 from seqserve.core.journal import LogStore, RoundLog
 from seqserve.core.runtime import LoadedModel, ModelEntry, ModelRegistry
@@ -87,7 +88,6 @@ class SessionManager:
         store: LogStore | SharedStore | None = None,
         on_store_failure: Callable[[BaseException], None] | None = None,
     ) -> None:
-        self.registry = registry
         self.settings = settings
         self._clock = clock
         self._max_steps = settings.max_steps_per_request
@@ -117,10 +117,12 @@ class SessionManager:
             journal = self.durability.journal
         elif self.sharing is not None:
             journal = self.sharing
-        self.versions += [
-            ModelVersion(i, m, settings, clock, journal) for i, m in enumerate(registry.models())
-        ]
-        self._by_label = {(v.model.name, v.model.version): v for v in self.versions}
+        self.catalog = Catalog(registry, self.versions, settings, clock, journal)
+        if self.sharing is not None:
+            self.catalog.on_added, self.catalog.on_unloaded = (
+                self.sharing.added,
+                self.sharing.unloaded,
+            )
         self.directory: SessionDirectory = directory(self.versions, settings, clock)
         ttl = settings.session_ttl_s
         # Sweeping is vectorised per slab (cheap even at a million sessions), so a
@@ -175,16 +177,24 @@ class SessionManager:
 
     def models(self) -> list[ModelEntry]:
         """Every served model with its versions."""
-        return self.registry.list()
+        return self.catalog.models()
 
     def model(self, name: str, version: str | None = None) -> LoadedModel:
         """A served model version (the latest when version is None or empty), or NotFound."""
-        return self.registry.get(name, version)
+        return self.catalog.model(name, version)
 
     def version(self, name: str, version: str | None = None) -> ModelVersion:
         """What a served model version owns: its slab and batcher (introspection)."""
-        loaded = self.registry.get(name, version)
-        return self._by_label[(loaded.name, loaded.version)]
+        return self.catalog.version(name, version)
+
+    def loaded(self, name: str, version: str) -> ModelVersion | None:
+        """The newest ModelVersion under a label, served or retired (None if never loaded)."""
+        return self.catalog.loaded(name, version)
+
+    async def add_version(self, model: LoadedModel) -> ModelVersion:
+        """Serve a version loaded after start (seqserve.core.reload, seqserve.core.catalog)."""
+        self._check_running()
+        return await self.catalog.add(model)
 
     @property
     def clock(self) -> float:
@@ -209,7 +219,7 @@ class SessionManager:
         return self.directory.evicted
 
     def batchers(self) -> list[Batcher[Session]]:
-        return [v.batcher for v in self.versions]
+        return self.catalog.batchers()
 
     # --- lifecycle of sessions ------------------------------------------------------
     #
@@ -234,6 +244,7 @@ class SessionManager:
     ) -> tuple[SessionInfo, asyncio.Future[None] | None]:
         self._check_running()
         v = self.version(model, version)
+        self._check_quota(principal)
         if self.sharing is not None:
             self.sharing.make_room()
         s = self.directory.create(v, session_id, principal)
@@ -244,6 +255,20 @@ class SessionManager:
         elif self.sharing is not None:
             written = self.sharing.created(s, v.label)
         return self._info(s), written
+
+    def _check_quota(self, principal: str) -> None:
+        """A principal at --max-sessions-per-principal gets RESOURCE_EXHAUSTED (after a sweep,
+        so that its idle sessions do not count)."""
+        quota = self.settings.max_sessions_per_principal
+        if not quota or self.directory.held_by(principal) < quota:
+            return
+        self.directory.sweep()
+        held = self.directory.held_by(principal)
+        if held >= quota:
+            raise ResourceExhausted(
+                f"too many sessions for principal {quoted(principal)}: {held} open, "
+                f"max_sessions_per_principal={quota}; close idle ones"
+            )
 
     async def ensure(
         self, session_id: str, position: int | None = None, *, latest: bool = False
@@ -341,6 +366,7 @@ class SessionManager:
         version = self.version(state.model, state.version)
         row = snapshots.imported(version, state)  # checksum and shapes
         sid = session_id or state.session_id
+        self._check_quota(principal)
         if self.sharing is not None:
             self.sharing.make_room()
         s = self.directory.create(version, sid, principal)

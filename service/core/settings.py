@@ -21,6 +21,7 @@ class CoreSettings:
     max_steps_per_request: int = 4096  # T of one request, and the forecast horizon
     max_queue: int = 65536  # steps waiting per model version before ResourceExhausted
     ort_threads: int = 1  # intra-op threads of each InferenceSession
+    max_sessions_per_principal: int = 0  # open sessions of one principal; 0: no quota
 
     def __post_init__(self) -> None:
         checks = {
@@ -31,6 +32,7 @@ class CoreSettings:
             "max_steps_per_request": self.max_steps_per_request >= 1,
             "max_queue": self.max_queue >= 1,
             "ort_threads": self.ort_threads >= 1,
+            "max_sessions_per_principal": self.max_sessions_per_principal >= 0,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:

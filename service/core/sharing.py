@@ -270,6 +270,15 @@ class Sharing:
         version = self.versions[s[VERSION]]
         return encode_row(snapshot(version, s, self.mono(), time.time()))
 
+    def added(self, version: ModelVersion) -> None:
+        """A version loaded by a reload: sessions stored under its label load onto it."""
+        self._by_label[version.label] = version
+
+    def unloaded(self, version: ModelVersion) -> None:
+        """A removed version is gone: sessions stored under its label no longer load here."""
+        if self._by_label.get(version.label) is version:
+            del self._by_label[version.label]
+
     def created(self, s: Session, label: str) -> asyncio.Future[None]:
         del label
         return self._add([(s[0], CREATE, 0, self.row(s))], "create")

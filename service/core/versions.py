@@ -31,6 +31,7 @@ class ModelVersion:
         "expired",
         "index",
         "model",
+        "retired",
         "slab",
         "spec",
     )
@@ -54,6 +55,9 @@ class ModelVersion:
         self.created = 0
         self.closed = 0
         self.expired = 0
+        # Removed from the repository (seqserve.core.reload): no new sessions; the open
+        # ones keep working until they close or expire.
+        self.retired = False
 
     @property
     def label(self) -> str:

@@ -27,6 +27,10 @@ class Unauthenticated(Exception):
     """A call without a valid token (UNAUTHENTICATED); the message says which part failed."""
 
 
+class PermissionDenied(Exception):
+    """An authenticated caller that may not make this call (PERMISSION_DENIED)."""
+
+
 class TokenError(ValueError):
     """A tokens file that cannot be used; the message names the line."""
 

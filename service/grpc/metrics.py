@@ -93,6 +93,8 @@ class CoreCollector:
         }
         now = m.clock
         for v in m.versions:
+            if m.loaded(v.model.name, v.model.version) is not v or v.batcher.stopped:
+                continue  # removed and unloaded, or superseded under its label by a reload
             labels = [v.model.name, v.model.version]
             slab, spec = v.slab, v.spec
             open_ = slab.used
@@ -115,6 +117,8 @@ class CoreCollector:
                     "input_size": str(spec.input_size),
                     "output_size": str(spec.output_size),
                     "bytes_per_session": str(per_session),
+                    # removed: gone from the repository, serving its open sessions only
+                    "state": "removed" if v.retired else "serving",
                 },
             )
         yield from fam.values()

@@ -1,4 +1,4 @@
-"""Registering the Inference service so that undecodable requests get INVALID_ARGUMENT.
+"""Registering the seqserve.v1 services so that undecodable requests get INVALID_ARGUMENT.
 
 grpc itself answers a request it cannot deserialize with UNKNOWN and the
 parser's exception text ("Unexpected <class 'DecodeError'>: ..."), and logs it
@@ -20,8 +20,6 @@ from typing import Any
 import grpc
 
 from seqserve.api import seqserve_pb2 as pb
-
-SERVICE = pb.DESCRIPTOR.services_by_name["Inference"]
 
 
 class Undecodable:
@@ -58,10 +56,11 @@ def _refusing(behavior: Callable[[Any, Any], Awaitable[Any]]) -> Callable[[Any, 
     return handler
 
 
-def add_inference_servicer(servicer: Any, server: grpc.aio.Server) -> None:
-    """Register every Inference method of `servicer` on `server`, requests guarded."""
+def add_servicer(servicer: Any, server: grpc.aio.Server, service: str = "Inference") -> None:
+    """Register every method of a seqserve.v1 service on `server`, requests guarded."""
+    descriptor = pb.DESCRIPTOR.services_by_name[service]
     handlers: dict[str, Any] = {}
-    for method in SERVICE.methods:
+    for method in descriptor.methods:
         request_type = getattr(pb, method.input_type.name)
         response_type = getattr(pb, method.output_type.name)
         behavior = getattr(servicer, method.name)
@@ -78,7 +77,7 @@ def add_inference_servicer(servicer: Any, server: grpc.aio.Server) -> None:
             response_serializer=response_type.SerializeToString,
         )
     server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),)
+        (grpc.method_handlers_generic_handler(descriptor.full_name, handlers),)
     )
     # grpc serves registered methods without the generic lookup (the stubs lack it).
-    server.add_registered_method_handlers(SERVICE.full_name, handlers)  # type: ignore[attr-defined]
+    server.add_registered_method_handlers(descriptor.full_name, handlers)  # type: ignore[attr-defined]

@@ -24,11 +24,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from seqserve.api import seqserve_pb2 as pb
+from seqserve.core.reload import Reloader
 from seqserve.core.runtime import ModelRegistry
 from seqserve.core.sessions import SessionManager
+from seqserve.grpc.admin import AdminServicer
 from seqserve.grpc.auth import TokenTable
-from seqserve.grpc.registration import add_inference_servicer
+from seqserve.grpc.registration import add_servicer
 from seqserve.grpc.servicer import InferenceServicer
+from seqserve.grpc.tls import TlsFiles, server_credentials
 from seqserve.settings import ServerSettings
 from seqserve.store import open_store
 from seqserve.store.memory import MemoryDirectory
@@ -36,7 +39,9 @@ from seqserve.store.memory import MemoryDirectory
 log = logging.getLogger("seqserve")
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["Inference"].full_name  # seqserve.v1.Inference
+ADMIN_NAME: str = pb.DESCRIPTOR.services_by_name["Admin"].full_name  # seqserve.v1.Admin
 HEALTH_SERVICES = ("", SERVICE_NAME)
+MAINTAIN_S = 5.0  # how often removed versions are looked at for unloading, without a watch
 EXIT_STORE_FAILED = 3  # the exit code of a server whose session store failed
 PENDING_CALLS = 65_536  # calls received and not yet in a handler, before grpc refuses any
 
@@ -55,6 +60,10 @@ class Server:
         self.stop_requested = asyncio.Event()  # a signal, or a store that failed
         self._metrics: Any = None  # the /metrics HTTP server, when --metrics-address is set
         self.metrics_port = 0
+        self._reloader: Reloader | None = None
+        self._watch: asyncio.Task[None] | None = None
+        self._health_grpc: grpc.aio.Server | None = None  # --health-address
+        self.health_port = 0
         self.exit_code = 0
 
     @property
@@ -80,6 +89,7 @@ class Server:
         """Load models, start the core, bind; returns the bound port."""
         started = time.perf_counter()
         settings = self.settings
+        credentials = self._credentials()  # unusable certificates fail before models load
         # Loading builds and times ORT sessions (ms per small model, more for large
         # graphs): off the event loop, like every model call.
         registry = await asyncio.to_thread(
@@ -93,11 +103,13 @@ class Server:
             on_store_failure=self._store_failed,
         )
         await self._sessions.start()
+        self._reloader = Reloader(self._sessions)
         self._servicer = InferenceServicer(
             self._sessions,
             max_message_bytes=settings.max_message_bytes,
             max_streams=settings.max_streams,
             tokens=TokenTable(Path(settings.auth_tokens)) if settings.auth_tokens else None,
+            client_certificates=bool(settings.tls_client_ca),
         )
         try:
             if settings.metrics_address:
@@ -106,11 +118,20 @@ class Server:
                 self._metrics, self.metrics_port = serve_metrics(
                     settings.metrics_address, self._sessions, self._servicer.requests
                 )
-            self._grpc = await self._bind()
+            self._grpc = await self._bind(credentials)
+            if settings.health_address:
+                self._health_grpc, self.health_port = await self._bind_health()
             for name in HEALTH_SERVICES:
                 await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            interval = settings.reload_interval_s
+            self._watch = asyncio.create_task(
+                self._reloader.watch(interval or MAINTAIN_S, reload=interval > 0),
+                name="model repository watch",
+            )
         except BaseException:
             self._stop_metrics()
+            if self._grpc is not None:
+                await self._grpc.stop(None)
             await self._sessions.stop(0.0)  # nothing was served: no steps to drain
             raise
         log.info(
@@ -121,7 +142,7 @@ class Server:
         )
         return self.port
 
-    async def _bind(self) -> grpc.aio.Server:
+    async def _bind(self, credentials: grpc.ServerCredentials | None) -> grpc.aio.Server:
         """The grpc.aio server with every service added, listening on the address."""
         assert self._servicer is not None
         settings = self.settings
@@ -140,17 +161,46 @@ class Server:
                 ("grpc.server.max_pending_requests_hard_limit", 2 * pending),
             ],
         )
-        add_inference_servicer(self._servicer, server)  # undecodable requests: INVALID_ARGUMENT
+        add_servicer(self._servicer, server)  # undecodable requests: INVALID_ARGUMENT
+        assert self._reloader is not None
+        admin = AdminServicer(
+            self._reloader, self._servicer.principal_of, settings.admins(), self._servicer.requests
+        )
+        add_servicer(admin, server, "Admin")
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+            (SERVICE_NAME, ADMIN_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
-        try:
-            self.port = server.add_insecure_port(settings.address)
-        except RuntimeError as exc:
-            raise OSError(f"cannot listen on {settings.address}: {exc}") from exc
+        self.port = _listen(server, settings.address, credentials)
         await server.start()
         return server
+
+    def _credentials(self) -> grpc.ServerCredentials | None:
+        """TLS (mTLS with a client CA) for the gRPC port, or None for plaintext."""
+        settings = self.settings
+        if not settings.tls_cert:
+            return None
+        client_ca = Path(settings.tls_client_ca) if settings.tls_client_ca else None
+        files = TlsFiles(Path(settings.tls_cert), Path(settings.tls_key), client_ca)
+        return server_credentials(files)
+
+    async def _bind_health(self) -> tuple[grpc.aio.Server, int]:
+        """A plaintext port with only grpc.health.v1: kubelet's gRPC probes speak no TLS.
+
+        It shares the health servicer, so it reports what the main port's health reports.
+        """
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        port = _listen(server, self.settings.health_address, None)
+        await server.start()
+        return server, port
+
+    @property
+    def reloader(self) -> Reloader:
+        """Model control (ReloadModels, the watch); started by `startup`."""
+        if self._reloader is None:
+            raise RuntimeError("the server has not started")
+        return self._reloader
 
     def reload_tokens(self) -> None:
         """SIGHUP: read the --auth-tokens file again (a bad one keeps the previous tokens)."""
@@ -184,14 +234,30 @@ class Server:
         deadline = loop.time() + grace
         log.info("shutting down: draining in-flight steps (grace period %.1f s)", grace)
         await self._health.enter_graceful_shutdown()  # every service NOT_SERVING
+        if self._watch is not None:
+            self._watch.cancel()
         # New calls are refused by the handlers (UNAVAILABLE), not by grpc: its stop
         # cancels calls received and not yet handled, which a client cannot retry safely.
         await self._sessions.stop(grace)  # in-flight steps finish; later ones get UNAVAILABLE
         self._servicer.close_streams()  # each ends UNAVAILABLE once its steps are answered
         await self._servicer.quiet(deadline)
         await self._grpc.stop(max(deadline - loop.time(), 0.5))  # then what still runs is cut
+        if self._health_grpc is not None:
+            await self._health_grpc.stop(None)
         self._stop_metrics()
         log.info("seqserve stopped")
+
+
+def _listen(
+    server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None
+) -> int:
+    """Bind `address` (plaintext without credentials); the bound port, or OSError."""
+    try:
+        if credentials is None:
+            return server.add_insecure_port(address)
+        return server.add_secure_port(address, credentials)
+    except RuntimeError as exc:
+        raise OSError(f"cannot listen on {address}: {exc}") from exc
 
 
 @contextlib.asynccontextmanager

@@ -34,6 +34,7 @@ from seqserve.grpc import batches, sessionstate
 from seqserve.grpc.auth import TokenTable, Unauthenticated
 from seqserve.grpc.status import to_status
 from seqserve.grpc.streams import encode, serve_stream, step_response
+from seqserve.grpc.tls import certificate_principal
 from seqserve.logs import ACCESS, access_line
 
 ANONYMOUS = "anonymous"
@@ -125,9 +126,11 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         max_message_bytes: int,
         max_streams: int,
         tokens: TokenTable | None = None,
+        client_certificates: bool = False,
     ) -> None:
         self._sessions = sessions
-        self.tokens = tokens  # None: no authentication, every caller is ANONYMOUS
+        self.tokens = tokens  # None: the certificate, or no authentication (ANONYMOUS)
+        self._client_certificates = client_certificates  # mTLS: the certificate names the caller
         self._max_streams = max_streams
         self._max_steps_per_request = sessions.settings.max_steps_per_request
         self._max_message_bytes = max_message_bytes
@@ -139,10 +142,19 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         self._last_start = 0.0  # loop time at which the latest call reached its handler
 
     def principal_of(self, context: Context) -> str:
-        """Who is calling: every core call carries it. Unauthenticated without a valid token."""
-        if self.tokens is None:
-            return ANONYMOUS
-        return self.tokens.principal(context.invocation_metadata())
+        """Who is calling: every core call carries it.
+
+        A bearer token names the principal when tokens are configured; else, under
+        mTLS, the client certificate's subject common name; else ANONYMOUS.
+        """
+        if self.tokens is not None:
+            return self.tokens.principal(context.invocation_metadata())
+        if self._client_certificates:
+            name = certificate_principal(context)
+            if not name:
+                raise Unauthenticated("expected a client certificate with a subject common name")
+            return name
+        return ANONYMOUS
 
     def _call_started(self) -> None:
         self._active += 1

@@ -15,7 +15,7 @@ import grpc
 
 from seqserve.api import seqserve_pb2 as pb
 from seqserve.core import errors
-from seqserve.grpc.auth import Unauthenticated
+from seqserve.grpc.auth import PermissionDenied, Unauthenticated
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,8 @@ def to_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The status code and message a client sees for `exc`."""
     if isinstance(exc, Unauthenticated):
         return grpc.StatusCode.UNAUTHENTICATED, str(exc)
+    if isinstance(exc, PermissionDenied):
+        return grpc.StatusCode.PERMISSION_DENIED, str(exc)
     if isinstance(exc, errors.SeqServeError):
         for cls, code in STATUS_CODES.items():
             if isinstance(exc, cls):

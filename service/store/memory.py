@@ -7,6 +7,7 @@ one comparison per lookup and a vectorised pass per slab for a sweep.
 
 from __future__ import annotations
 
+import collections
 import logging
 import operator
 import secrets
@@ -44,6 +45,7 @@ class MemoryDirectory:
         self._ttl = settings.session_ttl_s
         self._max_sessions = settings.max_sessions
         self._sessions: dict[str, Session] = {}
+        self._held: collections.Counter[str] = collections.Counter()  # open sessions by principal
         self._evicted = 0
         self.on_close: Callable[[Session], None] | None = None
 
@@ -57,6 +59,9 @@ class MemoryDirectory:
 
     def __len__(self) -> int:
         return len(self._sessions)
+
+    def held_by(self, principal: str) -> int:
+        return self._held[principal]
 
     def create(self, version: ModelVersion, session_id: str | None, principal: str) -> Session:
         if session_id:
@@ -77,6 +82,7 @@ class MemoryDirectory:
         s: Session = (session_id, sys.intern(principal), version.index, slot)
         version.slab.owners[slot] = s
         self._sessions[session_id] = s
+        self._held[s[PRINCIPAL]] += 1
         return s
 
     def lookup(self, session_id: str, principal: str) -> Session:
@@ -149,6 +155,11 @@ class MemoryDirectory:
 
     def _evict(self, s: Session) -> None:
         del self._sessions[s[ID]]
+        left = self._held[s[PRINCIPAL]] - 1
+        if left:
+            self._held[s[PRINCIPAL]] = left
+        else:
+            del self._held[s[PRINCIPAL]]  # a principal with none is not kept
         self._versions[s[VERSION]].slab.free(s[SLOT])
         if self.on_close is not None:
             self.on_close(s)

@@ -30,7 +30,7 @@ class Track:
 
     def __init__(self, manager: SessionManager, model: str, steps: int, rng: np.random.Generator):
         self.model = model
-        spec = manager.registry.get(model).spec
+        spec = manager.model(model).spec
         self.f = spec.input_size
         # A random walk: inputs of a realistic, slowly moving kind.
         self.inputs = np.cumsum(rng.normal(0, 0.3, (steps, self.f)), axis=0).astype(np.float32)

@@ -190,3 +190,30 @@ def test_the_cli_takes_a_token(
     assert MODEL in capsys.readouterr().out
     monkeypatch.setenv("SEQSERVE_TOKEN", "bob-secret")  # kept out of argv and shell history
     assert cli.main(["models", "--target", running.target]) == 0
+
+
+def test_sessions_per_principal_are_capped(zoo: Zoo, tokens: Path) -> None:
+    settings = settings_for(
+        zoo.repository, auth_tokens=str(tokens), max_sessions_per_principal=2, session_ttl_s=1.0
+    )
+    with (
+        ServerThread(settings) as server,
+        Client(server.target, token="alice-secret") as alice,
+        Client(server.target, token="bob-secret") as bob,
+    ):
+        first = alice.create_session(MODEL).session_id
+        alice.create_session(MODEL)
+        with pytest.raises(SeqServeClientError) as e:
+            alice.create_session(MODEL)
+        assert e.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "principal 'alice': 2 open, max_sessions_per_principal=2" in e.value.message
+        exported = alice.export_session(first)
+        with pytest.raises(SeqServeClientError) as e:  # an import is a new session too
+            alice.import_session(exported, session_id="copy")
+        assert e.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        for _ in range(2):  # another principal's quota is its own
+            bob.create_session(MODEL)
+        alice.close_session(first)
+        alice.create_session(MODEL)  # a closed session frees its place
+        time.sleep(1.3)  # and so does one idle past the TTL
+        alice.create_session(MODEL)
