@@ -18,7 +18,8 @@ model, batch sizes and session options. Scenarios: 1 latency, 2 concurrency,
 3 gateway batch path, 4 chunks, 5 memory with many idle sessions, 6 cells,
 7 the durable stores (SQLite, and Redis when redis-server is installed)
 against the memory store, 8 two replicas sharing sessions on Redis through
-Envoy against one replica and a direct connection.
+Envoy against one replica and a direct connection, 9 the cost of metrics and
+of TLS against the plain server.
 Client load runs in separate processes; everything stays on loopback.
 
 The models are untrained LSTM/GRU/RNN forecasters with seeded random weights
@@ -75,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="extra flag for the started `seqserve serve`, e.g. --server-arg=--batch-delay-us=50",
     )
     p.add_argument(
-        "--only", default=None, metavar="LIST", help="scenarios to run, e.g. 1,2 [all: 1-8]"
+        "--only", default=None, metavar="LIST", help="scenarios to run, e.g. 1,2 [all: 1-9]"
     )
     p.add_argument(
         "--window", type=_positive(float), default=None, help="seconds per measured window [2]"
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     only = tuple(s.strip() for s in args.only.split(",")) if args.only else ALL_SCENARIOS
     unknown = sorted(set(only) - set(ALL_SCENARIOS))
     if unknown:
-        build_parser().error(f"--only: expected scenarios among 1-8, got {', '.join(unknown)}")
+        build_parser().error(f"--only: expected scenarios among 1-9, got {', '.join(unknown)}")
     opts = RunOptions(
         config=config,
         out=args.out,

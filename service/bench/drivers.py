@@ -48,6 +48,7 @@ class StreamJob:
     window_s: float
     max_messages: int  # per stream
     depth: int = 1  # messages in flight per stream: 1 is ping-pong, more is pipelined
+    tls_ca: str = ""  # PEM CA of a server that speaks TLS; empty: plaintext
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ class BatchJob:
     warmup_s: float
     window_s: float
     max_messages: int  # per loop
+    tls_ca: str = ""
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,7 @@ class CreateJob:
     count: int
     concurrency: int
     budget_s: float
+    tls_ca: str = ""
 
 
 Job = StreamJob | BatchJob | CreateJob
@@ -129,6 +132,15 @@ class _Recorder:
             errors=self.errors,
             error_samples=self.error_samples,
         )
+
+
+def _channel(job: Job) -> grpc.aio.Channel:
+    """The job's connection: TLS when it names the server's CA."""
+    if not job.tls_ca:
+        return grpc.aio.insecure_channel(job.target, options=CHANNEL_OPTIONS)
+    with open(job.tls_ca, "rb") as f:
+        credentials = grpc.ssl_channel_credentials(root_certificates=f.read())
+    return grpc.aio.secure_channel(job.target, credentials, options=CHANNEL_OPTIONS)
 
 
 def _stub(channel: grpc.aio.Channel) -> Any:
@@ -280,7 +292,7 @@ async def _batch_loop(stub: Any, slot: int, ids: list[str], job: BatchJob, rec: 
 
 
 async def _run_stream(job: StreamJob, conn: Connection) -> LoadResult:
-    async with grpc.aio.insecure_channel(job.target, options=CHANNEL_OPTIONS) as channel:
+    async with _channel(job) as channel:
         stub = _stub(channel)
         ids = await _create_sessions(stub, job.model, job.streams)
         streams = [_Stream(stub, i, sid, job) for i, sid in enumerate(ids)]
@@ -294,7 +306,7 @@ async def _run_stream(job: StreamJob, conn: Connection) -> LoadResult:
 
 
 async def _run_batch(job: BatchJob, conn: Connection) -> LoadResult:
-    async with grpc.aio.insecure_channel(job.target, options=CHANNEL_OPTIONS) as channel:
+    async with _channel(job) as channel:
         stub = _stub(channel)
         # Each loop owns its sessions: a session has at most one step in flight.
         ids = await _create_sessions(stub, job.model, job.batch * job.inflight)
@@ -311,7 +323,7 @@ async def _run_create(
     job: CreateJob, conn: Connection, progress: Synchronized[int] | None
 ) -> LoadResult:
     result = LoadResult()
-    async with grpc.aio.insecure_channel(job.target, options=CHANNEL_OPTIONS) as channel:
+    async with _channel(job) as channel:
         stub = _stub(channel)
         request = pb.CreateSessionRequest(model=job.model)
         start_ns = await _wait_for_go(conn)

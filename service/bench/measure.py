@@ -30,6 +30,7 @@ class Context:
     say: Callable[[str], None]
     start_scale_server: Callable[[int], ServerProcess] | None  # None when --target is used
     pids: dict[str, int] = field(default_factory=dict)  # address -> pid of servers started here
+    tls: dict[str, str] = field(default_factory=dict)  # address -> CA file, for servers on TLS
     # address -> CPU seconds of what serves it, where that is not one pid (a proxy's replicas)
     probes: dict[str, Callable[[], tuple[float, ...]]] = field(default_factory=dict)
     rows: list[Row] = field(default_factory=list)
@@ -128,6 +129,7 @@ def stream(
         window_s=c.latency_window_s if streams == 1 else c.window_s,
         max_messages=c.max_messages,
         depth=depth,
+        tls_ca=ctx.tls.get(target, ""),
     )
     result = ctx.pool.run(job, probe=ctx.cpu_probe(target))
     return _check(result, f"{streams} stream(s) of {model.name} at {target}")

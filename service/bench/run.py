@@ -16,6 +16,7 @@ from seqserve.bench.config import BenchConfig, ModelShape
 from seqserve.bench.floors import OrtFloor, OrtTimer
 from seqserve.bench.measure import Context
 from seqserve.bench.modelrepo import VERSION, build_repository
+from seqserve.bench.operations import operations
 from seqserve.bench.pool import ClientPool
 from seqserve.bench.procs import ServerProcess, echo_server, reference_server, seqserve_server
 from seqserve.bench.replicas import replicas
@@ -24,7 +25,7 @@ from seqserve.bench.scale import scale
 from seqserve.bench.stores import stores
 from seqserve.core.spec import ModelSpec
 
-ALL_SCENARIOS = ("1", "2", "3", "4", "5", "6", "7", "8")
+ALL_SCENARIOS = ("1", "2", "3", "4", "5", "6", "7", "8", "9")
 MAIN_SERVER_SESSIONS = 100_000
 
 
@@ -126,6 +127,8 @@ def run(opts: RunOptions) -> tuple[list[Row], int]:
                 stores(ctx, store_server, opts.out)
             if "8" in opts.only and opts.target is None:
                 replicas(ctx, store_server)
+            if "9" in opts.only and opts.target is None:
+                operations(ctx, store_server, opts.out)
         except Exception:
             if opts.target is None:  # the server's own account of what went wrong
                 print(

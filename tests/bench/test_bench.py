@@ -95,6 +95,15 @@ def test_every_scenario_reports_its_figures(smoke_run: tuple[Path, str]) -> None
         f"machine cores busy, {n} streams, 1 replica",
         f"machine cores busy, {n} streams, 2 replicas",
     }
+    for name in ("metrics", "tls"):  # cryptography (a dev dependency) makes the certificate
+        assert by_scenario[f"9 {name} on"] == {
+            "steps/s, 1 stream",
+            "p50 round trip, 1 stream",
+            f"steps/s, {n} streams",
+            f"server CPU per step, {n} streams",
+        }
+    ops = _doc(out)["details"]["9"]
+    assert ops["scrapes"] >= 1  # the metrics server was scraped while it was measured
 
 
 def test_figures_are_measurements_with_consistent_floors(smoke_run: tuple[Path, str]) -> None:

@@ -1,5 +1,6 @@
-"""Certificates made for the TLS tests: a CA, a server certificate for localhost and
-127.0.0.1, and client certificates whose subject common name is the principal."""
+"""Certificates for the TLS tests and the benchmark's TLS figures: a CA, a server
+certificate for localhost and 127.0.0.1, and client certificates whose subject
+common name is the principal. Needs `cryptography` (the dev extra)."""
 
 from __future__ import annotations
 
