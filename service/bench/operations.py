@@ -1,8 +1,9 @@
 """Scenario 9: what metrics and TLS cost, against the plain server in the same run.
 
-Beside the main server (plaintext, no metrics exporter) two more are started:
-one with `--metrics-address` (scraped once a second while it is measured, as
-a busy Prometheus would) and one on TLS with a certificate made here. Each is
+Three servers are started alike: a plain one (plaintext, no metrics
+exporter), one with `--metrics-address` (scraped once a second while it is
+measured, as a busy Prometheus would) and one on TLS with a certificate made
+here. Each is
 measured on scenario 1's figure (one stream, ping-pong) and scenario 2's
 (100 streams), rotating over the three servers round by round; every ratio is
 to the plain server. The core's counters behind the metrics are always on,
@@ -65,7 +66,11 @@ def operations(ctx: Context, start: Callable[[list[str]], ServerProcess], out: P
     c = ctx.config
     model, n, r = c.main_model, c.store_streams, c.store_rounds
     with ExitStack() as stack:
-        targets = {"plain": ctx.server}
+        # A plain server started as the other two are (not the main server, whose history
+        # of earlier scenarios would weigh on one side of the ratios only).
+        plain = stack.enter_context(start([]))
+        targets = {"plain": plain.start()}
+        ctx.pids[targets["plain"]] = plain.pid
         metrics_port = _free_port()
         metrics = stack.enter_context(start(["--metrics-address", f"127.0.0.1:{metrics_port}"]))
         targets["metrics"] = metrics.start()

@@ -8,6 +8,7 @@ import shutil
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -44,7 +45,7 @@ def retrained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
 
 
 class Streamer:
-    """One session stepped one step per call in a thread, every answer kept."""
+    """One session streaming one step a message from a thread, every answer kept."""
 
     def __init__(self, target: str, zoo: Zoo, version: str) -> None:
         self.x = zoo.inputs(MODEL, STEPS, np.random.default_rng(11))
@@ -60,14 +61,18 @@ class Streamer:
                 Client(self._target, timeout=10) as client,
                 client.session(MODEL, version=self._version) as s,
             ):
-                for i, row in enumerate(self.x):
-                    self.outputs.append(s.step(row))
-                    if i == 20:
-                        self.started.set()
-                    time.sleep(0.002)
+                self.outputs += s.stream(self._rows())  # one StepStream, pipelined
         except BaseException as exc:
             self.errors.append(exc)
             self.started.set()
+
+    def _rows(self) -> Iterator[np.ndarray]:
+        """One step a message, spread out so that the reload lands mid-stream."""
+        for i, row in enumerate(self.x):
+            if i == 20:
+                self.started.set()
+            time.sleep(0.002)
+            yield row
 
     def __enter__(self) -> Streamer:
         self._thread.start()

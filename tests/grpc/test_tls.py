@@ -19,9 +19,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from seqserve import cli
+from seqserve.bench.certs import Authority, Pair
 from seqserve.client import TLS, Client, NotFoundError, SeqServeClientError, UnavailableError
 from seqserve.grpc.tls import TlsError, TlsFiles
-from seqserve.bench.certs import Authority, Pair
 from tests.grpc.conftest import Zoo, settings_for
 from tests.grpc.harness import ServerThread
 
