@@ -2,8 +2,10 @@
 
 One script produces the checked-in stubs; `--check` regenerates them in a
 temporary folder and fails when the checked-in files differ (a test runs it).
-The grpc stub's absolute import (`from seqserve.v1 import ...`) is rewritten
-to a relative one so the stubs live inside the `service` package.
+Each grpc stub's absolute import (`from seqserve.v1 import ...`) is rewritten
+to a relative one so the stubs live inside the `service` package. The KServe
+stubs (package `inference`) are imported only by the server's KServe front
+end: tritonclient defines the same symbols, and a process can hold only one.
 """
 
 from __future__ import annotations
@@ -18,8 +20,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "proto"
 OUT = ROOT / "service" / "api"
-SOURCES = ["seqserve/v1/seqserve.proto"]
-GENERATED = ["seqserve_pb2.py", "seqserve_pb2.pyi", "seqserve_pb2_grpc.py"]
+# Each .proto and the package its stubs import each other through.
+SOURCES = {
+    "seqserve/v1/seqserve.proto": "seqserve.v1",
+    "seqserve/kserve/inference.proto": "seqserve.kserve",
+}
+GENERATED = [
+    f"{Path(src).stem}_pb2{suffix}" for src in SOURCES for suffix in (".py", ".pyi", "_grpc.py")
+]
 
 
 def generate(out: Path) -> None:
@@ -36,12 +44,14 @@ def generate(out: Path) -> None:
         ]
         if protoc.main(args) != 0:
             raise SystemExit("protoc failed")
-        src = Path(tmp) / "seqserve" / "v1"
         out.mkdir(parents=True, exist_ok=True)
-        for name in GENERATED:
-            text = (src / name).read_text()
-            text = re.sub(r"^from seqserve\.v1 import ", "from . import ", text, flags=re.M)
-            (out / name).write_text(text)
+        for source, package in SOURCES.items():
+            src = Path(tmp) / Path(source).parent
+            absolute = rf"^from {re.escape(package)} import "
+            for suffix in (".py", ".pyi", "_grpc.py"):
+                name = f"{Path(source).stem}_pb2{suffix}"
+                text = re.sub(absolute, "from . import ", (src / name).read_text(), flags=re.M)
+                (out / name).write_text(text)
 
 
 def main(argv: list[str] | None = None) -> int:

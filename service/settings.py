@@ -219,6 +219,13 @@ class ServerSettings:
         "comma-separated principals that may call seqserve.v1.Admin when authentication is on; "
         "empty: none (without authentication: every caller)",
     )
+    kserve_address: str = _setting(
+        "--kserve-address",
+        _optional_address,
+        "",
+        "HOST:PORT of a second port serving only the KServe v2 protocol (and health), e.g. "
+        "0.0.0.0:8001; it is always on the main port too; empty: off",
+    )
     health_address: str = _setting(
         "--health-address",
         _optional_address,

@@ -3,7 +3,7 @@
 - the serving core (seqserve.core) imports no gRPC, no generated protobuf code,
   no front end, store, client, CLI or benchmark;
 - a store imports the core only, never a front end;
-- the client imports no server module (only the generated stubs and itself);
+- the client imports no server module (only the native stubs and itself);
 - nothing that serves (core, store, gRPC front end, client, CLI, settings)
   imports torch or the training stack;
 - nothing imports the repository's folder names `service` or `models` as
@@ -31,6 +31,7 @@ SERVING = (
     "seqserve.core",
     "seqserve.store",
     "seqserve.grpc",
+    "seqserve.kserve",
     "seqserve.client",
     "seqserve.cli",
     "seqserve.settings",
@@ -52,6 +53,7 @@ RULES = [
         (
             *TRANSPORT,
             "seqserve.grpc",
+            "seqserve.kserve",
             "seqserve.store",
             "seqserve.client",
             "seqserve.bench",
@@ -62,7 +64,14 @@ RULES = [
     ),
     Rule(
         ("seqserve.store",),
-        (*TRANSPORT, "seqserve.grpc", "seqserve.client", "seqserve.bench", "seqserve.cli"),
+        (
+            *TRANSPORT,
+            "seqserve.grpc",
+            "seqserve.kserve",
+            "seqserve.client",
+            "seqserve.bench",
+            "seqserve.cli",
+        ),
         "a store serves the core, not a front end",
     ),
     Rule(
@@ -71,11 +80,15 @@ RULES = [
             "seqserve.core",
             "seqserve.store",
             "seqserve.grpc",
+            "seqserve.kserve",
+            "seqserve.api.inference_pb2",
+            "seqserve.api.inference_pb2_grpc",
             "seqserve.bench",
             "seqserve.settings",
             "onnxruntime",
         ),
-        "the client needs only the wire contract",
+        "the client needs only the wire contract (and never the KServe stubs: tritonclient "
+        "defines the same protobuf symbols, and an application may import both)",
     ),
     Rule(
         SERVING,

@@ -20,15 +20,16 @@ def test_generated_code_is_up_to_date() -> None:
     assert "up to date" in done.stdout
 
 
-def test_stubs_describe_the_service_of_the_proto() -> None:
+def test_stubs_describe_the_services_of_the_proto() -> None:
     from seqserve.api import seqserve_pb2 as pb
 
-    service = pb.DESCRIPTOR.services_by_name["Inference"]
     text = (ROOT / "proto" / "seqserve" / "v1" / "seqserve.proto").read_text()
     rpcs = {
         line.split()[1].split("(")[0]
         for line in text.splitlines()
         if line.strip().startswith("rpc ")
     }
-    assert service.full_name == "seqserve.v1.Inference"
-    assert {m.name for m in service.methods} == rpcs
+    services = pb.DESCRIPTOR.services_by_name
+    assert set(services) == {"Inference", "Admin"}
+    assert services["Inference"].full_name == "seqserve.v1.Inference"
+    assert {m.name for s in services.values() for m in s.methods} == rpcs

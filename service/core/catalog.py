@@ -15,12 +15,16 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+import numpy.typing as npt
+
+from seqserve.core import validation
 from seqserve.core.batcher import Batcher
 from seqserve.core.directory import Session
 from seqserve.core.journal import RoundLog
 from seqserve.core.runtime import LoadedModel, ModelEntry, ModelRegistry
 from seqserve.core.settings import CoreSettings
 from seqserve.core.versions import ModelVersion
+from seqserve.core.work import StepResult
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +70,16 @@ class Catalog:
     def loaded(self, name: str, version: str) -> ModelVersion | None:
         """The newest ModelVersion under a label, served or retired (None if never loaded)."""
         return self._by_label.get((name, version))
+
+    async def run_once(
+        self, name: str, version: str | None, values: npt.ArrayLike, max_steps: int
+    ) -> tuple[ModelVersion, StepResult]:
+        """T steps from the zero state, nothing kept: a stateless call (the KServe front end's
+        request without a sequence). Off the event loop, beside the batchers."""
+        v = self.version(name, version)
+        x = validation.steps(values, v.spec.input_size, max_steps)  # (T, F)
+        y, _ = await asyncio.to_thread(v.model.run, x[None], v.model.zero_states(1))  # (1, T, O)
+        return v, StepResult(outputs=y[0], position=len(x))
 
     def batchers(self) -> list[Batcher[Session]]:
         return [v.batcher for v in self.versions]

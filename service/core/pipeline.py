@@ -21,15 +21,23 @@ and any other stream protocol over the same core is another.
   client.
 - A request that cannot be decoded (decode raises) ends reading: the steps
   read before it are answered, then `run` returns the error for the front
-  end to report, as it does for a transport failure or `close`.
+  end to report, as it does for a transport failure or `close`. A front end
+  whose protocol answers a bad request in band and reads on instead returns
+  an `Answered` from decode: it is answered in its key's order, without the
+  core.
+- decode may return a coroutine instead, for a request that also opens or
+  ends a session (the KServe front end's START): the reader awaits it, so
+  what it does happens before any later request is read. Plain steps stay
+  plain calls.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections import deque
-from collections.abc import AsyncIterable, Awaitable, Callable
-from typing import TYPE_CHECKING, Generic, TypeVar
+from collections.abc import AsyncIterable, Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar, cast
 
 from seqserve.core.work import F32, StepResult
 
@@ -45,6 +53,23 @@ Tag = TypeVar("Tag")
 # client expects the session at or None, the caller's tag returned with the
 # answer). A plain tuple: a NamedTuple costs a Python call per step.
 Step = tuple[str, F32, int | None, Tag]
+
+
+class Answered(NamedTuple, Generic[Tag]):
+    """A request the front end answered itself (a refusal, or a result it computed), to be
+    written in the order of `key`'s requests like a step of that session."""
+
+    key: str
+    tag: Tag
+    result: StepResult | None
+    error: BaseException | None
+
+
+# What a front end turns a request into: a step for the core, or its own answer, or a
+# coroutine that gives one of those (see the module's docstring).
+Decode = Callable[
+    [Request], "Step[Tag] | Answered[Tag] | Coroutine[Any, Any, Step[Tag] | Answered[Tag]]"
+]
 
 
 class Answer(Generic[Tag]):
@@ -106,10 +131,18 @@ class StepPipeline(Generic[Tag]):
 
     def _refuse(self, sid: str, tag: Tag, exc: BaseException) -> None:
         """Answer a step in its session's order with a refusal, without the core."""
-        answer = Answer(self, sid, tag)
-        self._by_session.setdefault(sid, deque()).append(answer)
+        self._answer(Answered(sid, tag, None, exc))
+
+    def _answer(self, answered: Answered[Tag]) -> None:
+        """Write what the front end answered, in its key's order, without the core."""
+        answer = Answer(self, answered.key, answered.tag)
+        self._by_session.setdefault(answered.key, deque()).append(answer)
         self._in_flight += 1
-        answer.set_exception(exc)
+        if answered.result is not None:
+            answer.set_result(answered.result)
+        else:
+            assert answered.error is not None
+            answer.set_exception(answered.error)
 
     def close(self, reason: Exception) -> None:
         """End the stream once its in-flight steps are answered (shutdown)."""
@@ -136,18 +169,22 @@ class StepPipeline(Generic[Tag]):
 
     # --- the reader task --------------------------------------------------------------
 
-    async def _read(
-        self, requests: AsyncIterable[Request], decode: Callable[[Request], Step[Tag]]
-    ) -> None:
+    async def _read(self, requests: AsyncIterable[Request], decode: Decode[Request, Tag]) -> None:
         loop = asyncio.get_running_loop()
         submit = self.submit
         sharing = self._sessions.sharing
         try:
             async for request in requests:
-                sid, values, position, tag = decode(request)
+                step = decode(request)
+                if inspect.iscoroutine(step):
+                    step = await step
                 while self._in_flight >= self._max_in_flight:
                     self._wake_reader = loop.create_future()
                     await self._wake_reader
+                if isinstance(step, Answered):
+                    self._answer(cast("Answered[Tag]", step))
+                    continue
+                sid, values, position, tag = cast("Step[Tag]", step)
                 if sharing is not None and sharing.stale(sid, position):
                     # Loaded before it is submitted: reading waits, so order is kept.
                     try:
@@ -168,7 +205,7 @@ class StepPipeline(Generic[Tag]):
     async def run(
         self,
         requests: AsyncIterable[Request],
-        decode: Callable[[Request], Step[Tag]],
+        decode: Decode[Request, Tag],
         encode: Callable[[Answer[Tag]], Response],
         write: Callable[[Response], Awaitable[object]],
     ) -> Exception | None:

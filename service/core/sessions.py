@@ -280,6 +280,11 @@ class SessionManager:
             self._check_running()
             await self.sharing.ensure(session_id, position, latest=latest)
 
+    def version_of(self, session_id: str, principal: str) -> ModelVersion:
+        """The model version an open session is on (NotFound as for every call on it)."""
+        self._check_running()
+        return self.versions[self.directory.lookup(session_id, principal)[VERSION]]
+
     def info(self, session_id: str, principal: str) -> SessionInfo:
         return self._info(self.directory.lookup(session_id, principal))
 

@@ -56,13 +56,16 @@ def _refusing(behavior: Callable[[Any, Any], Awaitable[Any]]) -> Callable[[Any, 
     return handler
 
 
-def add_servicer(servicer: Any, server: grpc.aio.Server, service: str = "Inference") -> None:
-    """Register every method of a seqserve.v1 service on `server`, requests guarded."""
-    descriptor = pb.DESCRIPTOR.services_by_name[service]
+def add_servicer(
+    servicer: Any, server: grpc.aio.Server, service: str = "Inference", module: Any = pb
+) -> None:
+    """Register every method of a service of `module` (generated code: seqserve.v1 unless
+    told otherwise) on `server`, requests guarded."""
+    descriptor = module.DESCRIPTOR.services_by_name[service]
     handlers: dict[str, Any] = {}
     for method in descriptor.methods:
-        request_type = getattr(pb, method.input_type.name)
-        response_type = getattr(pb, method.output_type.name)
+        request_type = getattr(module, method.input_type.name)
+        response_type = getattr(module, method.output_type.name)
         behavior = getattr(servicer, method.name)
         if method.client_streaming != method.server_streaming:
             raise TypeError(f"{method.full_name}: expected unary-unary or stream-stream")

@@ -23,15 +23,19 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from seqserve.api import inference_pb2
 from seqserve.api import seqserve_pb2 as pb
+from seqserve.core import errors
 from seqserve.core.reload import Reloader
 from seqserve.core.runtime import ModelRegistry
 from seqserve.core.sessions import SessionManager
 from seqserve.grpc.admin import AdminServicer
 from seqserve.grpc.auth import TokenTable
+from seqserve.grpc.calls import Calls
 from seqserve.grpc.registration import add_servicer
 from seqserve.grpc.servicer import InferenceServicer
 from seqserve.grpc.tls import TlsFiles, server_credentials
+from seqserve.kserve.servicer import KServeServicer
 from seqserve.settings import ServerSettings
 from seqserve.store import open_store
 from seqserve.store.memory import MemoryDirectory
@@ -40,7 +44,8 @@ log = logging.getLogger("seqserve")
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["Inference"].full_name  # seqserve.v1.Inference
 ADMIN_NAME: str = pb.DESCRIPTOR.services_by_name["Admin"].full_name  # seqserve.v1.Admin
-HEALTH_SERVICES = ("", SERVICE_NAME)
+KSERVE_NAME: str = inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+HEALTH_SERVICES = ("", SERVICE_NAME, KSERVE_NAME)
 MAINTAIN_S = 5.0  # how often removed versions are looked at for unloading, without a watch
 EXIT_STORE_FAILED = 3  # the exit code of a server whose session store failed
 PENDING_CALLS = 65_536  # calls received and not yet in a handler, before grpc refuses any
@@ -60,8 +65,12 @@ class Server:
         self.stop_requested = asyncio.Event()  # a signal, or a store that failed
         self._metrics: Any = None  # the /metrics HTTP server, when --metrics-address is set
         self.metrics_port = 0
+        self.calls: Calls | None = None  # authentication and counts of every service's calls
         self._reloader: Reloader | None = None
         self._watch: asyncio.Task[None] | None = None
+        self._kserve: KServeServicer | None = None
+        self._kserve_grpc: grpc.aio.Server | None = None  # --kserve-address
+        self.kserve_port = 0
         self._health_grpc: grpc.aio.Server | None = None  # --health-address
         self.health_port = 0
         self.exit_code = 0
@@ -104,23 +113,29 @@ class Server:
         )
         await self._sessions.start()
         self._reloader = Reloader(self._sessions)
+        self.calls = Calls(
+            TokenTable(Path(settings.auth_tokens)) if settings.auth_tokens else None,
+            client_certificates=bool(settings.tls_client_ca),
+        )
+        self._kserve = KServeServicer(self._sessions, self.calls)
         self._servicer = InferenceServicer(
             self._sessions,
+            self.calls,
             max_message_bytes=settings.max_message_bytes,
             max_streams=settings.max_streams,
-            tokens=TokenTable(Path(settings.auth_tokens)) if settings.auth_tokens else None,
-            client_certificates=bool(settings.tls_client_ca),
         )
         try:
             if settings.metrics_address:
                 from seqserve.grpc.metrics import serve_metrics  # prometheus_client: only if on
 
                 self._metrics, self.metrics_port = serve_metrics(
-                    settings.metrics_address, self._sessions, self._servicer.requests
+                    settings.metrics_address, self._sessions, self.calls.requests
                 )
             self._grpc = await self._bind(credentials)
             if settings.health_address:
                 self._health_grpc, self.health_port = await self._bind_health()
+            if settings.kserve_address:
+                self._kserve_grpc, self.kserve_port = await self._bind_kserve(credentials)
             for name in HEALTH_SERVICES:
                 await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
             interval = settings.reload_interval_s
@@ -142,9 +157,8 @@ class Server:
         )
         return self.port
 
-    async def _bind(self, credentials: grpc.ServerCredentials | None) -> grpc.aio.Server:
-        """The grpc.aio server with every service added, listening on the address."""
-        assert self._servicer is not None
+    def _options(self) -> list[tuple[str, int]]:
+        """grpc options of a port that serves calls (the main one, --kserve-address)."""
         settings = self.settings
         # Calls grpc has received and not yet handed to a handler wait in a queue that,
         # past 1,000 (its default), fails new ones with INTERNAL "Internal error from
@@ -152,24 +166,30 @@ class Server:
         # past --max-streams with a status that says so; the queue is made deep enough
         # for a burst of calls to reach them first.
         pending = max(PENDING_CALLS, 4 * settings.max_streams)
-        server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", settings.max_message_bytes),
-                ("grpc.max_send_message_length", settings.max_message_bytes),
-                ("grpc.so_reuseport", 0),  # a second server on a taken port must fail, not share
-                ("grpc.server.max_pending_requests", pending),
-                ("grpc.server.max_pending_requests_hard_limit", 2 * pending),
-            ],
-        )
+        return [
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+            ("grpc.so_reuseport", 0),  # a second server on a taken port must fail, not share
+            ("grpc.server.max_pending_requests", pending),
+            ("grpc.server.max_pending_requests_hard_limit", 2 * pending),
+        ]
+
+    async def _bind(self, credentials: grpc.ServerCredentials | None) -> grpc.aio.Server:
+        """The grpc.aio server with every service added, listening on the address."""
+        assert self._servicer is not None
+        settings = self.settings
+        server = grpc.aio.server(options=self._options())
         add_servicer(self._servicer, server)  # undecodable requests: INVALID_ARGUMENT
         assert self._reloader is not None
-        admin = AdminServicer(
-            self._reloader, self._servicer.principal_of, settings.admins(), self._servicer.requests
-        )
+        assert self.calls is not None
+        admin = AdminServicer(self._reloader, self.calls, settings.admins())
         add_servicer(admin, server, "Admin")
+        assert self._kserve is not None
+        add_servicer(self._kserve, server, "GRPCInferenceService", inference_pb2)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, ADMIN_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+            (SERVICE_NAME, ADMIN_NAME, KSERVE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
+            server,
         )
         self.port = _listen(server, settings.address, credentials)
         await server.start()
@@ -183,6 +203,20 @@ class Server:
         client_ca = Path(settings.tls_client_ca) if settings.tls_client_ca else None
         files = TlsFiles(Path(settings.tls_cert), Path(settings.tls_key), client_ca)
         return server_credentials(files)
+
+    async def _bind_kserve(
+        self, credentials: grpc.ServerCredentials | None
+    ) -> tuple[grpc.aio.Server, int]:
+        """--kserve-address: the KServe service (and health) on a port of its own, for
+        clients that expect it apart (Triton's 8001), with the same TLS."""
+        assert self._kserve is not None
+        settings = self.settings
+        server = grpc.aio.server(options=self._options())
+        add_servicer(self._kserve, server, "GRPCInferenceService", inference_pb2)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        port = _listen(server, settings.kserve_address, credentials)
+        await server.start()
+        return server, port
 
     async def _bind_health(self) -> tuple[grpc.aio.Server, int]:
         """A plaintext port with only grpc.health.v1: kubelet's gRPC probes speak no TLS.
@@ -204,8 +238,8 @@ class Server:
 
     def reload_tokens(self) -> None:
         """SIGHUP: read the --auth-tokens file again (a bad one keeps the previous tokens)."""
-        if self._servicer is not None and self._servicer.tokens is not None:
-            self._servicer.tokens.reload()
+        if self.calls is not None and self.calls.tokens is not None:
+            self.calls.tokens.reload()
 
     def _stop_metrics(self) -> None:
         if self._metrics is not None:
@@ -240,10 +274,14 @@ class Server:
         # cancels calls received and not yet handled, which a client cannot retry safely.
         await self._sessions.stop(grace)  # in-flight steps finish; later ones get UNAVAILABLE
         self._servicer.close_streams()  # each ends UNAVAILABLE once its steps are answered
-        await self._servicer.quiet(deadline)
+        assert self._kserve is not None
+        self._kserve.stop_serving(errors.Unavailable("server shutting down"))
+        assert self.calls is not None
+        await self.calls.quiet(deadline)
         await self._grpc.stop(max(deadline - loop.time(), 0.5))  # then what still runs is cut
-        if self._health_grpc is not None:
-            await self._health_grpc.stop(None)
+        for extra in (self._kserve_grpc, self._health_grpc):
+            if extra is not None:
+                await extra.stop(None)
         self._stop_metrics()
         log.info("seqserve stopped")
 

@@ -11,15 +11,10 @@ before the batch is applied.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
-import functools
 import json
-import logging
-import secrets
 import time
-from collections.abc import AsyncIterable, Awaitable, Callable
-from typing import TypeVar
+from collections.abc import AsyncIterable, Callable
 
 import grpc
 import numpy as np
@@ -31,61 +26,15 @@ from seqserve.core.batchplan import BatchPlan
 from seqserve.core.pipeline import Answer, StepPipeline
 from seqserve.core.sessions import SessionInfo, SessionManager
 from seqserve.grpc import batches, sessionstate
-from seqserve.grpc.auth import TokenTable, Unauthenticated
+from seqserve.grpc.auth import Unauthenticated
+from seqserve.grpc.calls import Calls, Context, unary
 from seqserve.grpc.status import to_status
 from seqserve.grpc.streams import encode, serve_stream, step_response
-from seqserve.grpc.tls import certificate_principal
-from seqserve.logs import ACCESS, access_line
-
-ANONYMOUS = "anonymous"
 
 # Steps of one stream that may be read but not yet answered. When reached the
 # servicer stops reading, so HTTP/2 flow control pushes back on the client.
 STREAM_MAX_IN_FLIGHT = 256
 REFUSAL_READ_S = 1.0  # how long a refused stream may take to send its first request
-
-Context = grpc.aio.ServicerContext[object, object]
-
-
-_Req = TypeVar("_Req")
-_Resp = TypeVar("_Resp")
-_Self = TypeVar("_Self", bound="InferenceServicer")
-
-
-def _unary(
-    body: Callable[[_Self, _Req, str], Awaitable[_Resp]],
-) -> Callable[[_Self, _Req, Context], Awaitable[_Resp]]:
-    """A unary handler from its body `(self, request, principal) -> response`.
-
-    The handler finds the caller's principal and turns any failure of the body
-    into its status, so each body is only the translation.
-    """
-
-    rpc = body.__name__
-
-    @functools.wraps(body)
-    async def handler(self: _Self, request: _Req, context: Context) -> _Resp:
-        self._call_started()
-        started = time.perf_counter()
-        principal = "-"  # until the call's token says who it is
-        code_name = "OK"
-        try:
-            principal = self.principal_of(context)
-            return await body(self, request, principal)
-        except Exception as exc:
-            code, message = to_status(exc)
-            code_name = code.name
-            await context.abort(code, message)
-            raise AssertionError("unreachable: abort raises") from exc
-        finally:
-            self._active -= 1
-            self.requests[(rpc, code_name)] += 1
-            if ACCESS.isEnabledFor(logging.INFO):
-                session = str(getattr(request, "session_id", ""))
-                seconds = time.perf_counter() - started
-                access_line(secrets.token_hex(6), principal, rpc, session, code_name, seconds)
-
-    return handler
 
 
 class _StreamSeen:
@@ -122,61 +71,22 @@ class InferenceServicer(pb_grpc.InferenceServicer):
     def __init__(
         self,
         sessions: SessionManager,
+        calls: Calls,
         *,
         max_message_bytes: int,
         max_streams: int,
-        tokens: TokenTable | None = None,
-        client_certificates: bool = False,
     ) -> None:
         self._sessions = sessions
-        self.tokens = tokens  # None: the certificate, or no authentication (ANONYMOUS)
-        self._client_certificates = client_certificates  # mTLS: the certificate names the caller
+        self.calls = calls
         self._max_streams = max_streams
         self._max_steps_per_request = sessions.settings.max_steps_per_request
         self._max_message_bytes = max_message_bytes
         # Every open StepStream; shutdown closes each.
         self._streams: set[StepPipeline[int]] = set()
-        self._active = 0  # calls in a handler now
-        # Requests answered, by (RPC, status code name); each StepStream message counts.
-        self.requests: collections.Counter[tuple[str, str]] = collections.Counter()
-        self._last_start = 0.0  # loop time at which the latest call reached its handler
-
-    def principal_of(self, context: Context) -> str:
-        """Who is calling: every core call carries it.
-
-        A bearer token names the principal when tokens are configured; else, under
-        mTLS, the client certificate's subject common name; else ANONYMOUS.
-        """
-        if self.tokens is not None:
-            return self.tokens.principal(context.invocation_metadata())
-        if self._client_certificates:
-            name = certificate_principal(context)
-            if not name:
-                raise Unauthenticated("expected a client certificate with a subject common name")
-            return name
-        return ANONYMOUS
-
-    def _call_started(self) -> None:
-        self._active += 1
-        self._last_start = asyncio.get_running_loop().time()
-
-    async def quiet(self, until: float, gap_s: float = 0.05) -> None:
-        """Return once no call is in a handler and none has arrived for `gap_s`, or at `until`.
-
-        Shutdown waits for this before grpc's own stop: grpc cancels the calls it
-        has received but not yet handed to a handler, and a client cannot tell
-        whether a CANCELLED step was applied. Until then every call reaches a
-        handler and is answered (UNAVAILABLE once the core stops).
-        """
-        loop = asyncio.get_running_loop()
-        while (now := loop.time()) < until:
-            if self._active == 0 and now - self._last_start >= gap_s:
-                return
-            await asyncio.sleep(min(gap_s, until - now))
 
     # -- discovery -------------------------------------------------------------------------------
 
-    @_unary
+    @unary
     async def ListModels(
         self, request: pb.ListModelsRequest, principal: str
     ) -> pb.ListModelsResponse:
@@ -187,7 +97,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             ]
         )
 
-    @_unary
+    @unary
     async def GetModel(self, request: pb.GetModelRequest, principal: str) -> pb.ModelInfo:
         model = self._sessions.model(request.name, request.version or None)
         spec = model.spec
@@ -217,7 +127,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
 
     # -- session lifecycle -----------------------------------------------------------------------
 
-    @_unary
+    @unary
     async def CreateSession(
         self, request: pb.CreateSessionRequest, principal: str
     ) -> pb.SessionInfo:
@@ -226,15 +136,15 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         )
         return _session_pb(info)
 
-    @_unary
+    @unary
     async def GetSession(self, request: pb.GetSessionRequest, principal: str) -> pb.SessionInfo:
         return _session_pb(await self._sessions.session_info(request.session_id, principal))
 
-    @_unary
+    @unary
     async def ResetSession(self, request: pb.ResetSessionRequest, principal: str) -> pb.SessionInfo:
         return _session_pb(await self._sessions.reset_session(request.session_id, principal))
 
-    @_unary
+    @unary
     async def CloseSession(
         self, request: pb.CloseSessionRequest, principal: str
     ) -> pb.CloseSessionResponse:
@@ -243,7 +153,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
 
     # -- steps -----------------------------------------------------------------------------------
 
-    @_unary
+    @unary
     async def Step(self, request: pb.StepRequest, principal: str) -> pb.StepResponse:
         values = np.asarray(request.values, dtype=np.float32)  # (T * F,)
         position = request.position if request.HasField("position") else None
@@ -258,14 +168,14 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         See seqserve.core.pipeline: answers of a session keep its order, failures
         are answered in band, and at most STREAM_MAX_IN_FLIGHT steps are read ahead.
         """
-        self._call_started()
+        self.calls.started()
         started = time.perf_counter()
         seen = _StreamSeen()
         code_name = "OK"
         principal = "-"
         try:
             try:
-                principal = self.principal_of(context)
+                principal = self.calls.principal_of(context)
             except Unauthenticated as exc:
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
             if len(self._streams) >= self._max_streams:
@@ -297,16 +207,13 @@ class InferenceServicer(pb_grpc.InferenceServicer):
             code_name = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
             raise
         finally:
-            self._active -= 1
-            if ACCESS.isEnabledFor(logging.INFO):
-                seconds = time.perf_counter() - started
-                access_line(secrets.token_hex(6), principal, "StepStream",
-                            seen.session, code_name, seconds, seen.messages)  # fmt: skip
+            self.calls.finished("StepStream", code_name, principal, seen.session, started,
+                                seen.messages)  # fmt: skip
 
     def _counted(self, answer: Answer[int]) -> pb.StepResponse:
         """A stream's answer, counted by its outcome as it is encoded."""
         code = "OK" if answer.error is None else to_status(answer.error)[0].name
-        self.requests[("StepStream", code)] += 1
+        self.calls.requests[("StepStream", code)] += 1
         return encode(answer)
 
     def close_streams(self) -> None:
@@ -314,7 +221,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
         for pipeline in self._streams:
             pipeline.close(errors.Unavailable("server shutting down"))
 
-    @_unary
+    @unary
     async def BatchStep(self, request: pb.BatchStepRequest, principal: str) -> pb.BatchStepResponse:
         values = np.asarray(request.values, dtype=np.float32)  # concatenated items' steps
         times = list(request.times) if request.times else None
@@ -334,7 +241,7 @@ class InferenceServicer(pb_grpc.InferenceServicer):
                 "(or a larger --max-message-bytes); no step was applied"
             )
 
-    @_unary
+    @unary
     async def Forecast(self, request: pb.ForecastRequest, principal: str) -> pb.ForecastResponse:
         result = await self._sessions.forecast(request.session_id, request.horizon, principal)
         horizon, output_size = result.outputs.shape  # (horizon, O)
@@ -348,13 +255,13 @@ class InferenceServicer(pb_grpc.InferenceServicer):
 
     # -- moving sessions -------------------------------------------------------------------------
 
-    @_unary
+    @unary
     async def ExportSession(
         self, request: pb.ExportSessionRequest, principal: str
     ) -> pb.SessionState:
         return sessionstate.to_pb(await self._sessions.export(request.session_id, principal))
 
-    @_unary
+    @unary
     async def ImportSession(
         self, request: pb.ImportSessionRequest, principal: str
     ) -> pb.SessionInfo:

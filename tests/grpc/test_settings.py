@@ -32,6 +32,7 @@ DOCUMENTED = {
     "--tls-key": ("SEQSERVE_TLS_KEY", ""),
     "--tls-client-ca": ("SEQSERVE_TLS_CLIENT_CA", ""),
     "--admin-principals": ("SEQSERVE_ADMIN_PRINCIPALS", ""),
+    "--kserve-address": ("SEQSERVE_KSERVE_ADDRESS", ""),
     "--health-address": ("SEQSERVE_HEALTH_ADDRESS", ""),
     "--max-sessions-per-principal": ("SEQSERVE_MAX_SESSIONS_PER_PRINCIPAL", 0),
     "--reload-interval": ("SEQSERVE_RELOAD_INTERVAL", 0.0),
