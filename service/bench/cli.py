@@ -19,7 +19,8 @@ model, batch sizes and session options. Scenarios: 1 latency, 2 concurrency,
 7 the durable stores (SQLite, and Redis when redis-server is installed)
 against the memory store, 8 two replicas sharing sessions on Redis through
 Envoy against one replica and a direct connection, 9 the cost of metrics and
-of TLS against the plain server.
+of TLS against the plain server, 10 the KServe v2 front end against the native
+StepStream.
 Client load runs in separate processes; everything stays on loopback.
 
 The models are untrained LSTM/GRU/RNN forecasters with seeded random weights
@@ -76,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="extra flag for the started `seqserve serve`, e.g. --server-arg=--batch-delay-us=50",
     )
     p.add_argument(
-        "--only", default=None, metavar="LIST", help="scenarios to run, e.g. 1,2 [all: 1-9]"
+        "--only", default=None, metavar="LIST", help="scenarios to run, e.g. 1,2 [all: 1-10]"
     )
     p.add_argument(
         "--window", type=_positive(float), default=None, help="seconds per measured window [2]"
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     only = tuple(s.strip() for s in args.only.split(",")) if args.only else ALL_SCENARIOS
     unknown = sorted(set(only) - set(ALL_SCENARIOS))
     if unknown:
-        build_parser().error(f"--only: expected scenarios among 1-9, got {', '.join(unknown)}")
+        build_parser().error(f"--only: expected scenarios among 1-10, got {', '.join(unknown)}")
     opts = RunOptions(
         config=config,
         out=args.out,

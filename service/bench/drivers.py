@@ -49,6 +49,7 @@ class StreamJob:
     max_messages: int  # per stream
     depth: int = 1  # messages in flight per stream: 1 is ping-pong, more is pipelined
     tls_ca: str = ""  # PEM CA of a server that speaks TLS; empty: plaintext
+    protocol: str = "native"  # or "kserve": sequences on ModelStreamInfer (ping-pong)
 
 
 @dataclass(frozen=True)
@@ -292,6 +293,11 @@ async def _batch_loop(stub: Any, slot: int, ids: list[str], job: BatchJob, rec: 
 
 
 async def _run_stream(job: StreamJob, conn: Connection) -> LoadResult:
+    if job.protocol == "kserve":
+        from seqserve.bench.kserve_load import run_kserve_stream
+
+        async with _channel(job) as channel:
+            return await run_kserve_stream(job, channel, _Recorder, lambda: _wait_for_go(conn))
     async with _channel(job) as channel:
         stub = _stub(channel)
         ids = await _create_sessions(stub, job.model, job.streams)

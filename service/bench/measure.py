@@ -113,10 +113,17 @@ def _check(result: LoadResult, what: str) -> LoadResult:
 
 
 def stream(
-    ctx: Context, target: str, model: ModelShape, streams: int, steps: int, depth: int = 1
+    ctx: Context,
+    target: str,
+    model: ModelShape,
+    streams: int,
+    steps: int,
+    depth: int = 1,
+    protocol: str = "native",
 ) -> LoadResult:
     """One round: `streams` sessions, each sending `steps` steps a message on its own stream,
-    `depth` messages in flight (1: ping-pong)."""
+    `depth` messages in flight (1: ping-pong); `protocol` "kserve": sequences on the KServe
+    front end's ModelStreamInfer instead of StepStream."""
     c = ctx.config
     job = StreamJob(
         target=target,
@@ -130,6 +137,7 @@ def stream(
         max_messages=c.max_messages,
         depth=depth,
         tls_ca=ctx.tls.get(target, ""),
+        protocol=protocol,
     )
     result = ctx.pool.run(job, probe=ctx.cpu_probe(target))
     return _check(result, f"{streams} stream(s) of {model.name} at {target}")

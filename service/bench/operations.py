@@ -68,9 +68,9 @@ def operations(ctx: Context, start: Callable[[list[str]], ServerProcess], out: P
     with ExitStack() as stack:
         # A plain server started as the other two are (not the main server, whose history
         # of earlier scenarios would weigh on one side of the ratios only).
-        plain = stack.enter_context(start([]))
-        targets = {"plain": plain.start()}
-        ctx.pids[targets["plain"]] = plain.pid
+        fresh = stack.enter_context(start([]))
+        targets = {"plain": fresh.start()}
+        ctx.pids[targets["plain"]] = fresh.pid
         metrics_port = _free_port()
         metrics = stack.enter_context(start(["--metrics-address", f"127.0.0.1:{metrics_port}"]))
         targets["metrics"] = metrics.start()

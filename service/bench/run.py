@@ -19,13 +19,14 @@ from seqserve.bench.modelrepo import VERSION, build_repository
 from seqserve.bench.operations import operations
 from seqserve.bench.pool import ClientPool
 from seqserve.bench.procs import ServerProcess, echo_server, reference_server, seqserve_server
+from seqserve.bench.protocols import protocols
 from seqserve.bench.replicas import replicas
 from seqserve.bench.report import Row, format_markdown, format_table, write_json
 from seqserve.bench.scale import scale
 from seqserve.bench.stores import stores
 from seqserve.core.spec import ModelSpec
 
-ALL_SCENARIOS = ("1", "2", "3", "4", "5", "6", "7", "8", "9")
+ALL_SCENARIOS = ("1", "2", "3", "4", "5", "6", "7", "8", "9", "10")
 MAIN_SERVER_SESSIONS = 100_000
 
 
@@ -136,7 +137,7 @@ def run(opts: RunOptions) -> tuple[list[Row], int]:
                 )
             raise
 
-    rows = sorted(ctx.rows, key=lambda r: r.scenario.split()[0])  # stable: in measured order
+    rows = sorted(ctx.rows, key=lambda r: int(r.scenario.split()[0]))  # stable: measured order
     table = format_table(rows)
     print(table)
     (opts.out / "table.txt").write_text(table + "\n")
@@ -179,6 +180,8 @@ def _scenarios(ctx: Context, only: tuple[str, ...]) -> None:
         scenarios.bulk(ctx)
     if "4" in only:
         scenarios.chunks(ctx)
+    if "10" in only:
+        protocols(ctx)
     if "6" in only:  # before 5: it uses the main server, 5 starts its own
         scenarios.cells(ctx, echo_latency)
     if "5" in only:

@@ -102,6 +102,12 @@ def test_every_scenario_reports_its_figures(smoke_run: tuple[Path, str]) -> None
             f"steps/s, {n} streams",
             f"server CPU per step, {n} streams",
         }
+    for streams in (1, n):
+        assert by_scenario[f"10 kserve {streams}"] == {
+            "steps/s",
+            "p50 round trip",
+            "server CPU per step",
+        }
     ops = _doc(out)["details"]["9"]
     assert ops["scrapes"] >= 1  # the metrics server was scraped while it was measured
 
