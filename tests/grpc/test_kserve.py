@@ -161,7 +161,7 @@ def test_bad_requests_are_answered_in_band_and_the_stream_goes_on(
          "values": [[[1.0], [2.0]]]},
         request("5-bad-output", MODEL, x[1:2], sequence_id=5, outputs=["z"]),
         request("6-no-start", MODEL, x[1:2], sequence_id=6),
-        request("5-1", MODEL, x[1:3], sequence_id=5),
+        request("5-1", MODEL, x[1:3], sequence_id=5, outputs=["y"]),  # asked for by name
         request("5-2", MODEL, x[3:4], sequence_id=5, end=True),
     ]  # fmt: skip
     answers = drive({"mode": "stream", "target": server.target, "requests": plan})["answers"]
@@ -173,6 +173,21 @@ def test_bad_requests_are_answered_in_band_and_the_stream_goes_on(
     assert any("sequence 6 to model" in e and "START flag" in e for e in errors)
     ok = [a for a in answers if "error" not in a]
     check_sequences(zoo, MODEL, ok, {5: x})  # the refused requests applied nothing
+
+
+def test_start_on_a_live_sequence_starts_it_again(server: ServerThread, zoo: Zoo) -> None:
+    rng = np.random.default_rng(12)
+    old, new = zoo.inputs(MODEL, 3, rng), zoo.inputs(MODEL, 2, rng)
+    plan = [
+        request("o-0", MODEL, old, sequence_id=51, start=True),
+        request("n-0", MODEL, new[:1], sequence_id=51, start=True),  # the old one ends here
+        request("n-1", MODEL, new[1:], sequence_id=51, end=True),
+    ]
+    answers = drive({"mode": "stream", "target": server.target, "requests": plan})["answers"]
+    by_id = {a["id"]: np.reshape(a["outputs"], a["shape"])[0] for a in answers}
+    np.testing.assert_allclose(by_id["o-0"], zoo.forward(MODEL, old), rtol=TOL, atol=TOL)
+    restarted = np.concatenate([by_id["n-0"], by_id["n-1"]])  # from the zero state again
+    np.testing.assert_allclose(restarted, zoo.forward(MODEL, new), rtol=TOL, atol=TOL)
 
 
 def test_triton_rules_for_ids_inputs_and_unserved_methods(server: ServerThread, zoo: Zoo) -> None:
