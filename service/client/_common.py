@@ -25,6 +25,9 @@ ArrayLike = npt.ArrayLike
 # Keep the client's limit in step with the server's default, so large chunks and
 # batches are refused by the server's checks rather than by the client's transport.
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# A unary call that has had no answer by then fails with DeadlineExceededError rather than
+# waiting for ever on a server that is stuck or gone; Client(timeout=None) waits for ever.
+DEFAULT_TIMEOUT_S = 30.0
 
 
 # The request metadata that names the session a call is for, so that a proxy (Envoy's
@@ -185,21 +188,39 @@ def from_status_pb(status: pb.Status) -> SeqServeClientError:
 
 def as_steps(values: ArrayLike) -> tuple[F32, int]:
     """Flatten steps for the wire: returns (values (T * F,), T)."""
-    x = np.asarray(values, dtype=np.float32)
+    try:
+        x = np.asarray(values, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgumentError(f"steps: expected numbers, got {exc}") from None
     if x.ndim > 2:
-        raise ValueError(f"steps: expected (F,) or (T, F) values, got shape {x.shape}")
+        raise InvalidArgumentError(f"steps: expected (F,) or (T, F) values, got shape {x.shape}")
     time = x.shape[0] if x.ndim == 2 else 1
     return x.ravel(), time  # (T * F,)
 
 
 def steps_in(values: ArrayLike, input_size: int) -> tuple[F32, int]:
-    """Flatten steps for a model of `input_size` inputs: (values (T * F,), T).
-
-    T is what the server will count (a value count that is not a multiple of
-    F is refused there, and T here is then never used).
-    """
-    flat, _ = as_steps(values)
-    return flat, len(flat) // input_size
+    """Steps for a model of `input_size` inputs, checked before anything is sent:
+    (values (T * F,), T). A 1-D array is one step of F values (a scalar when F == 1);
+    a 2-D array is T steps of F. Any other shape is refused here, so that a wrongly
+    shaped input can never be read as more or fewer steps than it was meant to be
+    (`[[315.0, 316.0]]` to a 1-input model is one step of 2 values: refused)."""
+    try:
+        x = np.asarray(values, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgumentError(f"steps: expected numbers, got {exc}") from None
+    f = input_size
+    ok = (
+        (x.ndim == 0 and f == 1)
+        or (x.ndim == 1 and x.shape[0] == f)
+        or (x.ndim == 2 and x.shape[0] >= 1 and x.shape[1] == f)
+    )
+    if not ok:
+        one = "a scalar, " if f == 1 else ""
+        raise InvalidArgumentError(
+            f"steps: expected {one}({f},) for one step or (T, {f}) for T steps of this "
+            f"model's {f} input(s), got shape {x.shape}"
+        )
+    return x.ravel(), 1 if x.ndim < 2 else x.shape[0]  # (T * F,), T
 
 
 def outputs_of(values: Any, time: int, output_size: int) -> F32:
@@ -343,7 +364,7 @@ def batch_request(
     flats, times = zip(*(as_steps(steps[sid]) for sid in ids), strict=True) if ids else ((), ())
     values = np.concatenate(flats) if flats else np.empty(0, np.float32)  # (sum T_i * F,)
     if positions is not None and set(positions) != set(ids):
-        raise ValueError("batch_step: expected a position for every session or none")
+        raise InvalidArgumentError("batch_step: expected a position for every session or none")
     return pb.BatchStepRequest(
         session_ids=ids,
         times=list(times),

@@ -16,6 +16,7 @@ from seqserve.api import seqserve_pb2 as pb
 from seqserve.api import seqserve_pb2_grpc as pb_grpc
 from seqserve.client._common import (
     DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_TIMEOUT_S,
     F32,
     ArrayLike,
     BatchResult,
@@ -25,6 +26,7 @@ from seqserve.client._common import (
     ModelVersions,
     NotFoundError,
     ReloadReport,
+    SeqServeClientError,
     SessionInfo,
     StreamResult,
     UnavailableError,
@@ -77,7 +79,7 @@ class AsyncClient:
         self,
         target: str = "localhost:50051",
         *,
-        timeout: float | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT_S,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         retry: RetryPolicy = RetryPolicy(),  # noqa: B008 (frozen: one value shared)
         ring_hash: bool = False,
@@ -186,11 +188,8 @@ class AsyncClient:
         """`async with client.session("m") as s:` creates a session and closes it on exit."""
         info = await self.create_session(model, version, session_id)
         s = AsyncSession(self, info, (await self.model_info(info.model, info.version)).input_size)
-        try:
+        async with s:  # closes it; an exception of the block is never hidden by closing
             yield s
-        finally:
-            with contextlib.suppress(NotFoundError):  # already evicted or closed
-                await s.close()
 
     async def step(self, session_id: str, values: ArrayLike, position: int | None = None) -> F32:
         request = step_request(session_id, values, position=position)
@@ -273,6 +272,24 @@ class AsyncSession:
         self.input_size = input_size
         self.position = info.position
         self.retries = 0  # steps sent again after UNAVAILABLE or a broken stream
+        self._closed = False
+
+    async def __aenter__(self) -> AsyncSession:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._closed:
+            return
+        if e is None:
+            with contextlib.suppress(NotFoundError):  # already evicted: nothing to close
+                await self.close()
+            return
+        try:  # the exception that ended the block goes on, whatever closing does
+            await self.close()
+        except SeqServeClientError as failed:
+            e.add_note(f"closing session {self.id!r} afterwards failed too: {failed}")
 
     async def step(self, values: ArrayLike, position: int | None = None) -> F32:
         at = self.position if position is None else position
@@ -306,6 +323,8 @@ class AsyncSession:
         pending: collections.deque[tuple[int, pb.StepRequest]] = collections.deque()
         room = asyncio.Condition()
         state = {"next": (await self.info()).position, "done": False}
+        refused: list[SeqServeClientError] = []  # a wrongly shaped chunk: raised once the
+        # chunks before it are answered, and nothing after it is sent
 
         async def requests(resend: list[pb.StepRequest]) -> AsyncIterator[pb.StepRequest]:
             for request in resend:
@@ -315,10 +334,14 @@ class AsyncSession:
                     await room.wait_for(lambda: len(pending) < RETAINED)
                 try:
                     values = await source.__anext__()
+                    flat, t = steps_in(values, self.input_size)
                 except StopAsyncIteration:
                     state["done"] = True
                     return
-                flat, t = steps_in(values, self.input_size)
+                except SeqServeClientError as exc:
+                    refused.append(exc)
+                    state["done"] = True
+                    return
                 at = int(state["next"])
                 state["next"] = at + t
                 request = pb.StepRequest(
@@ -341,8 +364,10 @@ class AsyncSession:
                     self.position = after
                     yield outputs
                     if state["done"] and not pending:
-                        return
+                        break
                 if state["done"] and not pending:
+                    if refused:
+                        raise refused[0]
                     return
                 raise UnavailableError("the stream ended with steps unanswered")
             except grpc.RpcError as exc:
@@ -385,4 +410,6 @@ class AsyncSession:
         return await self._again(lambda: self.client.export_session(self.id))
 
     async def close(self) -> int:
-        return await self.client.close_session(self.id)
+        position = await self.client.close_session(self.id)
+        self._closed = True
+        return position

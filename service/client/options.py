@@ -19,20 +19,28 @@ def add_connection_arguments(parser: argparse.ArgumentParser, target: Any = None
     parser.add_argument(
         "--token",
         default=os.environ.get("SEQSERVE_TOKEN"),
-        help="bearer token, for a server run with --auth-tokens [env SEQSERVE_TOKEN]",
+        help="bearer token, for a server run with --auth-tokens [env SEQSERVE_TOKEN; "
+        "default: none]",
     )
     parser.add_argument(
         "--tls",
         action="store_true",
         help="connect with TLS, the system's CA roots verifying the server (implied by "
-        "any --tls-* flag) [off]",
+        "any --tls-* flag) (default: off)",
     )
-    parser.add_argument("--tls-ca", type=Path, help="PEM CA that signed the server's certificate")
-    parser.add_argument("--tls-cert", type=Path, help="PEM client certificate, for mTLS")
-    parser.add_argument("--tls-key", type=Path, help="PEM key of --tls-cert")
+    parser.add_argument(
+        "--tls-ca",
+        type=Path,
+        help="PEM CA that signed the server's certificate (default: the system's roots)",
+    )
+    parser.add_argument(
+        "--tls-cert", type=Path, help="PEM client certificate, for mTLS (default: none)"
+    )
+    parser.add_argument("--tls-key", type=Path, help="PEM key of --tls-cert (default: none)")
     parser.add_argument(
         "--tls-server-name",
-        help="name the server's certificate must carry, when --target is an IP or an alias",
+        help="name the server's certificate must carry, when --target is an IP or an alias "
+        "(default: the target's host)",
     )
 
 

@@ -23,6 +23,7 @@ import numpy as np
 from seqserve.client import Client, ModelInfo, SeqServeClientError
 from seqserve.client._common import F32
 from seqserve.client.options import add_connection_arguments, client_of
+from seqserve.hints import install
 
 DEFAULT_CHUNK = 256
 ZOOM_ROWS = 200  # the plot's second panel shows the last rows up close
@@ -53,9 +54,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_connection_arguments(parser)
     parser.add_argument("--out", default="-", help="output CSV (default: standard output)")
-    parser.add_argument("--plot", type=Path, default=None, help="PNG of prediction vs actual")
     parser.add_argument(
-        "--chunk", type=int, default=DEFAULT_CHUNK, help="rows per stream message (T)"
+        "--plot", type=Path, default=None, help="PNG of prediction vs actual (default: no plot)"
+    )
+    parser.add_argument(
+        "--chunk",
+        type=int,
+        default=DEFAULT_CHUNK,
+        help="rows per stream message (T) (default: %(default)s)",
     )
 
 
@@ -64,9 +70,19 @@ def read_table(path: Path, columns: Sequence[str] | None, input_size: int) -> Ta
         with path.open(newline="") as f:
             reader = csv.reader(f)
             header = next(reader, None)
-            rows = [row for row in reader if row]
+            rows = list(reader)
     except OSError as exc:
         raise PredictError(f"cannot read {path}: {exc}") from None
+    while rows and not rows[-1]:  # blank lines at the end of the file: nothing follows them
+        rows.pop()
+    blank = [r + 2 for r, row in enumerate(rows) if not row]  # line numbers, header = line 1
+    if blank:
+        # A blank line inside a series is a missing step: dropping it would shift every
+        # later step by one and answer for the wrong times.
+        raise PredictError(
+            f"{path} line {blank[0]}: expected a data row, got a blank line "
+            f"({len(blank)} blank line(s) inside the data; fill or remove them first)"
+        )
     if header is None or not rows:
         raise PredictError(f"{path}: expected a header row and at least one data row")
     if columns is None:
@@ -153,7 +169,7 @@ def plot(path: Path, table: Table, outputs: F32, model: ModelInfo) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise PredictError(
-            "--plot needs matplotlib: pip install 'seqserve[plot]' (or matplotlib)"
+            f"--plot needs matplotlib: {install('plot')} (or pip install matplotlib)"
         ) from None
     n = len(table.values)
     rows = np.arange(n)

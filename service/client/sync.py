@@ -17,6 +17,7 @@ from seqserve.api import seqserve_pb2 as pb
 from seqserve.api import seqserve_pb2_grpc as pb_grpc
 from seqserve.client._common import (
     DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_TIMEOUT_S,
     F32,
     ArrayLike,
     BatchResult,
@@ -26,6 +27,7 @@ from seqserve.client._common import (
     ModelVersions,
     NotFoundError,
     ReloadReport,
+    SeqServeClientError,
     SessionInfo,
     StreamResult,
     UnavailableError,
@@ -68,7 +70,7 @@ class Client:
         self,
         target: str = "localhost:50051",
         *,
-        timeout: float | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT_S,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         retry: RetryPolicy = RetryPolicy(),  # noqa: B008 (frozen: one value shared)
         ring_hash: bool = False,
@@ -296,9 +298,16 @@ class Session:
     def __exit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if not self._closed:
+        if self._closed:
+            return
+        if e is None:
             with contextlib.suppress(NotFoundError):  # already evicted: nothing to close
                 self.close()
+            return
+        try:  # the exception that ended the block goes on, whatever closing does
+            self.close()
+        except SeqServeClientError as failed:
+            e.add_note(f"closing session {self.id!r} afterwards failed too: {failed}")
 
     def step(self, values: ArrayLike, position: int | None = None) -> F32:
         """values (F,) or (T, F) -> outputs (T, O), at `position` (default: the handle's).
@@ -340,6 +349,8 @@ class Session:
             for delay in itertools.chain(self.client.retry.delays(), [None]):
                 try:
                     yield from self._attempt(window)
+                    if window.refused is not None:  # the chunks before it are answered
+                        raise window.refused
                     return
                 except UnavailableError:
                     if delay is None:
@@ -416,6 +427,9 @@ class _Window:
         self.done = False  # the source is exhausted
         self.carried: ArrayLike | None = None  # taken from the source, not yet sent
         self.pulling = threading.Lock()
+        # A chunk the client refused (wrongly shaped): nothing after it is sent, and the
+        # caller gets the error once the chunks before it are answered.
+        self.refused: SeqServeClientError | None = None
 
     def requests(self) -> Iterator[pb.StepRequest]:
         with self.cond:
@@ -429,17 +443,19 @@ class _Window:
                 if self.attempt != attempt or self.done:
                     return
             with self.pulling:  # one iterator at a time: an old one may still be in next()
-                if self.carried is not None:
-                    values, self.carried = self.carried, None
-                else:
-                    try:
+                try:
+                    if self.carried is not None:
+                        values, self.carried = self.carried, None
+                    else:
                         values = next(self.source)
-                    except StopIteration:
-                        with self.cond:
-                            self.done = True
-                            self.cond.notify_all()
-                        return
-                flat, t = steps_in(values, self.input_size)
+                    flat, t = steps_in(values, self.input_size)
+                except (StopIteration, SeqServeClientError) as end:
+                    with self.cond:
+                        if isinstance(end, SeqServeClientError):
+                            self.refused = end
+                        self.done = True
+                        self.cond.notify_all()
+                    return
                 with self.cond:
                     if self.attempt != attempt:
                         self.carried = values  # broken meanwhile: it goes with the next one

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import threading
+import time
 
 import grpc
 import numpy as np
 import pytest
 
 from seqserve.client import (
+    NO_RETRY,
     AsyncClient,
     Client,
+    DeadlineExceededError,
+    InvalidArgumentError,
     NotFoundError,
     SeqServeClientError,
     UnavailableError,
@@ -55,14 +61,69 @@ def test_array_shapes(server: ServerThread, zoo: Zoo) -> None:
         two = s.step(x[1:])
         assert two.shape == (1, 2)
         zoo.assert_matches("gru-ar", x, np.concatenate([one, two]))
-        with pytest.raises(ValueError, match=r"expected \(F,\) or \(T, F\) values, got shape"):
-            s.step(np.zeros((1, 1, 2)))
+        for wrong in (np.zeros((1, 1, 2)), np.zeros(3), np.zeros((2, 1)), 1.0, [[]]):
+            with pytest.raises(InvalidArgumentError, match=r"expected \(2,\) for one step"):
+                s.step(wrong)  # refused before anything is sent
+        assert s.info().position == 2
         info = client.model_info("gru-ar")
         assert (info.input_size, info.output_size, info.cell) == (2, 2, "gru")
         assert [st.input_name for st in info.states] == ["h0"]
         assert info.states[0].shape == (1, -1, 12) and info.states[0].batch_axis == 1
         assert info.autoregressive and info.max_steps_per_request == 512
         assert '"cell": "gru"' in info.spec_json
+
+
+def test_a_wrongly_shaped_input_is_never_read_as_other_steps(server: ServerThread) -> None:
+    with Client(server.target) as client, client.session("lstm-ar") as s:  # one input
+        with pytest.raises(InvalidArgumentError, match=r"got shape \(1, 2\)"):
+            s.step([[315.0, 316.0]])  # one row of two values: not two steps
+        with pytest.raises(InvalidArgumentError, match=r"got shape \(2,\)"):
+            s.step([315.0, 316.0])  # a 1-D array is one step of F values
+        with pytest.raises(InvalidArgumentError, match="expected numbers"):
+            s.step("high")
+        assert s.step(315.0).shape == (1, 1)  # a scalar is one step when F == 1
+        assert s.step([[315.0], [316.0]]).shape == (2, 1)
+        assert list(s.stream([[[1.0]], [[2.0], [3.0]]]))[1].shape == (2, 1)
+        with pytest.raises(InvalidArgumentError, match=r"got shape \(1, 2\)"):
+            list(s.stream([[[1.0, 2.0]]]))
+        assert s.info().position == 6
+
+
+def test_closing_never_hides_the_exception_that_ended_the_block(zoo: Zoo) -> None:
+    from tests.grpc.conftest import settings_for
+
+    server = ServerThread(settings_for(zoo.repository, grace_period_s=0.0)).__enter__()
+    client = Client(server.target, timeout=2.0, retry=NO_RETRY)
+    with pytest.raises(KeyError) as raised, client.session("lstm-ar"):
+        server.stop()  # closing the session at the end of the block fails now
+        raise KeyError("the caller's own error")
+    assert any("closing session" in note for note in raised.value.__notes__)
+    client.close()
+
+
+def test_unary_calls_have_a_deadline() -> None:
+    gate = threading.Event()
+
+    def stuck(request: bytes, context: object) -> bytes:
+        gate.wait(10)
+        return b""
+
+    handler = grpc.method_handlers_generic_handler(
+        "seqserve.v1.Inference", {"ListModels": grpc.unary_unary_rpc_method_handler(stuck)}
+    )
+    stalled = grpc.server(concurrent.futures.ThreadPoolExecutor(2), handlers=[handler])
+    port = stalled.add_insecure_port("127.0.0.1:0")
+    stalled.start()
+    try:
+        assert Client(f"127.0.0.1:{port}").timeout == 30.0  # on by default
+        with Client(f"127.0.0.1:{port}", timeout=0.3) as client:
+            started = time.monotonic()
+            with pytest.raises(DeadlineExceededError):
+                client.list_models()
+            assert time.monotonic() - started < 5
+    finally:
+        gate.set()
+        stalled.stop(None)
 
 
 def test_async_session_stream_batch_and_forecast(server: ServerThread, zoo: Zoo) -> None:
