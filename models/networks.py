@@ -12,9 +12,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from seqserve.models import contract
+
 CELLS: tuple[str, ...] = ("rnn", "gru", "lstm")
 # Gate blocks per cell: how many H x (in + H) matrices one layer multiplies per step.
-GATES: dict[str, int] = {"rnn": 1, "gru": 3, "lstm": 4}
+GATES = contract.GATES
 RNN_CLASSES: dict[str, type[nn.RNN] | type[nn.GRU] | type[nn.LSTM]] = {
     "rnn": nn.RNN,
     "gru": nn.GRU,
@@ -156,11 +158,9 @@ class Forecaster(nn.Module):
         arithmetic and biases are left out (they are O(H), not O(H^2)).
         """
         c = self.config
-        total = 0
-        for layer in range(c.num_layers):
-            fan_in = c.input_size if layer == 0 else c.hidden_size
-            total += GATES[c.cell] * c.hidden_size * (fan_in + c.hidden_size)
-        return total + c.hidden_size * c.output_size
+        return contract.macs_per_step(
+            c.cell, c.input_size, c.hidden_size, c.num_layers, c.output_size
+        )
 
 
 class Normalization(nn.Module):

@@ -13,14 +13,18 @@ graph; the spec records its statistics for people, not for the server.
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 SPEC_FORMAT = "seqserve.model/v1"
 SPEC_FILE = "model.json"
 ONNX_FILE = "model.onnx"
+# The spec's JSON Schema, versioned with SPEC_FORMAT (published with the package).
+SCHEMA_FILE = Path(__file__).with_name("schemas") / "model-v1.schema.json"
 
 
 class SpecError(ValueError):
@@ -75,10 +79,11 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
+        fmt = d.get("format", "")
+        if fmt != SPEC_FORMAT:
+            raise SpecError(f"spec format: expected {SPEC_FORMAT!r}, got {fmt!r}")
+        check_schema(d)
         try:
-            fmt = d.get("format", "")
-            if fmt != SPEC_FORMAT:
-                raise SpecError(f"spec format: expected {SPEC_FORMAT!r}, got {fmt!r}")
             states = tuple(
                 StateSpec(
                     input=str(s["input"]),
@@ -138,6 +143,27 @@ class ModelSpec:
                 "an autoregressive model feeds its output back as input: expected "
                 f"input_size == output_size, got {self.input_size} and {self.output_size}"
             )
+
+
+@functools.cache
+def _validator() -> Callable[[Any], Any]:
+    import fastjsonschema  # compiled once: a spec is checked at every load and reload
+
+    return cast(Callable[[Any], Any], fastjsonschema.compile(json.loads(SCHEMA_FILE.read_text())))
+
+
+def check_schema(d: dict[str, Any]) -> None:
+    """SpecError naming the field when `d` does not follow the schema (SCHEMA_FILE)."""
+    import fastjsonschema
+
+    try:
+        _validator()(d)
+    except fastjsonschema.JsonSchemaValueException as exc:
+        field_path = exc.path[1:] if exc.path and exc.path[0] == "data" else exc.path
+        where = "".join(f"[{p}]" if str(p).isdigit() else f".{p}" for p in field_path)
+        got = f", got {exc.value!r}" if exc.rule not in ("required", "additionalProperties") else ""
+        what = exc.message.replace(exc.name, "").strip() if exc.name else exc.message
+        raise SpecError(f"model.json{where or ''}: {what}{got}") from None
 
 
 def load_spec(path: Path) -> ModelSpec:
