@@ -21,6 +21,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from seqserve.hints import install
 from seqserve.settings import ServerSettings, SettingsError
 
 # Subcommands owned by other packages: module, whether it gets the subcommand name, help.
@@ -60,10 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
         "startup checks are served, removed ones take no new sessions.",
     )
     models.add_argument(
-        "action", nargs="?", choices=("list", "reload"), default="list", help="[list]"
-    )
+        "action", nargs="?", choices=("list", "reload", "check"), default="list",
+        help="list: the models served; reload: read the repository again now; check DIR: "
+        "run the server's load checks on one version folder (default: list)",
+    )  # fmt: skip
+    models.add_argument("folder", nargs="?", type=Path, help="check: a <name>/<version> folder")
     where = models.add_mutually_exclusive_group()
-    where.add_argument("--repository", type=Path, help="read a repository folder instead")
+    where.add_argument(
+        "--repository", type=Path,
+        help="read a repository folder instead (default: ask the server at --target)",
+    )  # fmt: skip
     add_connection_arguments(models, target=where)
     models.set_defaults(run=_models)
 
@@ -100,13 +107,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ImportError as exc:
             print(
                 f"seqserve {argv[0]}: cannot import {module_name} ({exc}); "
-                "the PyTorch commands need `pip install 'seqserve[train]'`",
+                f"the PyTorch commands need `{install('train')}`",
                 file=sys.stderr,
             )
             return 2
         code: int = module.main(argv if with_name else argv[1:])
         return code
     parser = build_parser()
+    if not argv:  # what there is to do, rather than argparse's "arguments are required"
+        parser.print_help(sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     code = args.run(args)
     return int(code)
@@ -137,6 +147,16 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
+    if args.action == "check":
+        if args.folder is None:
+            print("seqserve models check: expected a version folder (<name>/<version>)",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+        return _check(args.folder)
+    if args.folder is not None:
+        print(f"seqserve models {args.action}: takes no folder, got {args.folder}",
+              file=sys.stderr)  # fmt: skip
+        return 2
     if args.action == "reload":
         if args.repository is not None:
             print("seqserve models reload: reloads a running server (--target), not a folder",
@@ -172,6 +192,31 @@ def _models(args: argparse.Namespace) -> int:
         print(f"seqserve models: {args.target}: {exc}", file=sys.stderr)
         return 1
     _print_table(rows)
+    return 0
+
+
+def _check(folder: Path) -> int:
+    """The checks the server runs on a version when it loads it, on one folder: the spec
+    against its JSON Schema and the contract, the graph against the spec, a smoke run."""
+    from seqserve.core.repository import ModelLoadError, VersionFolder
+    from seqserve.core.runtime import load_version  # loads ONNX Runtime
+
+    folder = folder.resolve()
+    if not folder.is_dir():
+        print(f"seqserve models check: {folder} is not a folder", file=sys.stderr)
+        return 2
+    try:
+        model = load_version(VersionFolder(folder.parent.name, folder.name, folder), 1)
+    except ModelLoadError as exc:
+        print(f"seqserve models check: {exc}", file=sys.stderr)
+        return 1
+    spec = model.spec
+    states = ", ".join(f"{s.input}->{s.output} {list(s.shape)}" for s in spec.states)
+    print(
+        f"ok: {model.label} would be served: {spec.cell}, input {spec.input_name!r} "
+        f"(B, T, {spec.input_size}), output {spec.output_name!r} (B, T, {spec.output_size}), "
+        f"states {states or 'none'}, autoregressive {spec.autoregressive}"
+    )
     return 0
 
 

@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--smoke", action="store_true", help="tiny models and windows (CI)")
+    p.add_argument("--smoke", action="store_true", help="tiny models and windows (CI) [off]")
     p.add_argument(
         "--out",
         type=Path,
@@ -67,14 +67,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         default=None,
         help="benchmark a running server that serves --repository instead of starting one "
-        "(scenario 5, which reads the server's memory, is skipped)",
+        "(scenario 5, which reads the server's memory, is skipped) [start one]",
     )
     p.add_argument(
         "--server-arg",
         action="append",
         default=[],
         metavar="ARG",
-        help="extra flag for the started `seqserve serve`, e.g. --server-arg=--batch-delay-us=50",
+        help="extra flag for the started `seqserve serve`, e.g. --server-arg=--batch-delay-us=50 "
+        "[none]",
     )
     p.add_argument(
         "--only", default=None, metavar="LIST", help="scenarios to run, e.g. 1,2 [all: 1-10]"

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from seqserve.bench.config import ModelShape
 from seqserve.core.spec import ONNX_FILE, ModelSpec, SpecError, load_spec
+from seqserve.hints import install
 
 VERSION = "1"
 
@@ -60,8 +61,7 @@ def build_repository(
         from seqserve.models.networks import Forecaster, Normalization, ServingModule
     except ImportError as exc:
         raise RuntimeError(
-            f"building the benchmark models needs the train extra "
-            f"(pip install 'seqserve[train]'): {exc}"
+            f"building the benchmark models needs the train extra ({install('train')}): {exc}"
         ) from exc
     for shape in missing:
         say(f"exporting {shape.name} (random weights) to {root / shape.name / VERSION}")

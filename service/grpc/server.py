@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import signal
+import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -295,7 +297,29 @@ def _listen(
             return server.add_insecure_port(address)
         return server.add_secure_port(address, credentials)
     except RuntimeError as exc:
-        raise OSError(f"cannot listen on {address}: {exc}") from exc
+        raise OSError(f"cannot listen on {address}: {_why_not(address) or exc}") from exc
+
+
+def _why_not(address: str) -> str:
+    """Why a port cannot be bound, in words (grpc only says that it failed)."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]") or "0.0.0.0"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, int(port)))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return (
+                    f"port {port} is already in use (another server, or an earlier seqserve "
+                    "still running); stop it or choose another with --address"
+                )
+            if exc.errno == errno.EACCES:
+                return f"port {port} needs privileges; choose one above 1023 with --address"
+            if exc.errno == errno.EADDRNOTAVAIL:
+                return f"{host} is not an address of this machine; use 0.0.0.0 or 127.0.0.1"
+            return exc.strerror or str(exc)
+    return ""
 
 
 @contextlib.asynccontextmanager

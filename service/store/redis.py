@@ -39,6 +39,7 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from seqserve.core.cas import CONFLICT, CREATE, DELETE, EXISTING, Op
 from seqserve.core.journal import StoreError
+from seqserve.hints import install
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +89,7 @@ class RedisStore:
             from redis.exceptions import ConnectionError, TimeoutError
             from redis.retry import Retry
         except ImportError as exc:
-            raise StoreError(
-                f"{self._name} needs the redis client: pip install 'seqserve[redis]'"
-            ) from exc
+            raise StoreError(f"{self._name} needs the redis client: {install('redis')}") from exc
         # About RETRY_S seconds of reconnecting before a command fails for good.
         retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=int(RETRY_S / 0.5))
         options: dict[str, Any] = {"retry": retry, "socket_connect_timeout": 2.0}

@@ -65,6 +65,29 @@ def test_predict_refuses_a_bad_csv_with_exit_2(
     assert "takes 1 input(s) per step, got 3 column(s)" in capsys.readouterr().err
 
 
+def test_predict_never_drops_a_blank_line_silently(
+    server: ServerThread, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["predict", "--model", MODEL, "--target", server.target, "--csv"]
+    holed = tmp_path / "holed.csv"
+    holed.write_text("week,level\nw1,1.0\nw2,1.5\n\nw3,2.0\n")  # a step missing mid-series
+    assert cli.main([*argv, str(holed)]) == 2
+    assert "line 4: expected a data row, got a blank line" in capsys.readouterr().err
+    trailing = tmp_path / "trailing.csv"
+    trailing.write_text("week,level\nw1,1.0\nw2,1.5\n\n\n")  # nothing after them: no step lost
+    out = tmp_path / "out.csv"
+    assert cli.main([*argv, str(trailing), "--out", str(out)]) == 0
+    assert len(out.read_text().splitlines()) == 3  # the header and both rows
+
+
+def test_a_port_in_use_is_said_in_plain_words(
+    server: ServerThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = server.target.rpartition(":")[2]
+    assert cli.main(["serve", "--address", f"127.0.0.1:{port}"]) == 1
+    assert f"port {port} is already in use" in caplog.text and "--address" in caplog.text
+
+
 def test_predict_against_no_server_fails_clearly(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
