@@ -13,58 +13,142 @@ import shlex
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
+from seqserve.helpfmt import DefaultsFormatter
+from seqserve.hints import install
 from seqserve.models import REPOSITORY
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(n.strip() for n in text.split(",") if n.strip())
+
+
+def _pair(text: str) -> tuple[str, str]:
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) != 2 or not all(parts):
+        raise argparse.ArgumentTypeError(f"expected two values A,B, got {text!r}")
+    return parts[0], parts[1]
+
+
+FORMATTER = DefaultsFormatter  # every option's help ends with its default
 
 
 def _train_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from seqserve.models.train import DATASETS, TrainConfig
 
     d = TrainConfig()
-    p = sub.add_parser("train", help="train a one-step-ahead forecaster")
-    p.add_argument("--data", choices=DATASETS, default=d.data)
-    p.add_argument("--cell", choices=("rnn", "gru", "lstm"), default=d.cell)
-    p.add_argument("--hidden", type=int, default=d.hidden_size, help="hidden size H")
-    p.add_argument("--layers", type=int, default=d.num_layers, help="recurrent layers L")
-    p.add_argument("--dropout", type=float, default=d.dropout)
-    p.add_argument("--no-residual", action="store_true", help="predict levels, not changes")
-    p.add_argument("--window", type=int, default=d.window, help="training window, steps")
-    p.add_argument("--burn-in", type=int, default=d.burn_in, help="unscored steps per window")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--batches-per-epoch", type=int, default=d.batches_per_epoch)
-    p.add_argument("--epochs", type=int, default=d.max_epochs, help="at most this many")
-    p.add_argument("--patience", type=int, default=d.patience, help="early stopping")
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--level-shift", type=float, default=d.level_shift)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--threads", type=int, default=d.threads, help="torch intra-op threads")
-    p.add_argument("--out", type=Path, help="run folder (default runs/<name>)")
-    p.add_argument("--no-plots", action="store_true")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--name", help="model name (default <data>-<cell>)")
-    p.add_argument(
-        "--export", type=Path, metavar="REPOSITORY", help="also export to REPOSITORY/NAME/VERSION"
+    p = sub.add_parser(
+        "train",
+        help="train a one-step-ahead forecaster",
+        description="Train a one-step-ahead forecaster on a built-in series (--data) or on "
+        "your own CSV (--csv), write a checkpoint, metrics and plots, and optionally export "
+        "it for serving.",
+        formatter_class=FORMATTER,
     )
-    p.add_argument("--version", default="1", help="version folder when exporting")
+    data = p.add_argument_group("data")
+    data.add_argument("--data", choices=DATASETS, default=d.data, help="built-in series")
+    data.add_argument(
+        "--csv", type=Path,
+        help="train on this CSV (with a header row) instead of --data (default: --data)",
+    )  # fmt: skip
+    data.add_argument(
+        "--features", type=_names, default=(),
+        help="comma-separated input columns (default: every numeric column but --time-column)",
+    )  # fmt: skip
+    data.add_argument(
+        "--targets", type=_names, default=(),
+        help="comma-separated columns to forecast one step ahead (default: the features, "
+        "an autoregressive model that Forecast can roll forward)",
+    )  # fmt: skip
+    data.add_argument(
+        "--time-column", default="",
+        help="column of times or dates: rows are sorted by it and gaps filled (default: "
+        "the rows' order)",
+    )  # fmt: skip
+    data.add_argument(
+        "--split", type=_pair, default=f"{d.val_fraction},{d.test_fraction}",
+        metavar="VAL,TEST", help="fractions of the series, at its end, for validation and test",
+    )  # fmt: skip
+    data.add_argument(
+        "--split-times", type=_pair, default=None, metavar="VAL_START,TEST_START",
+        help="where validation and test begin, as times of --time-column (e.g. dates); "
+        "replaces --split (default: by --split)",
+    )  # fmt: skip
+    net = p.add_argument_group("network")
+    net.add_argument("--cell", choices=("rnn", "gru", "lstm"), default=d.cell, help="cell")
+    net.add_argument("--hidden", type=int, default=d.hidden_size, help="hidden size H")
+    net.add_argument("--layers", type=int, default=d.num_layers, help="recurrent layers L")
+    net.add_argument("--dropout", type=float, default=d.dropout, help="between layers")
+    net.add_argument(
+        "--no-residual", action="store_true",
+        help="predict levels, not changes (changes need targets == features)",
+    )  # fmt: skip
+    fit = p.add_argument_group("training")
+    fit.add_argument("--window", type=int, default=d.window, help="training window, steps")
+    fit.add_argument("--burn-in", type=int, default=d.burn_in, help="unscored steps per window")
+    fit.add_argument("--batch-size", type=int, default=d.batch_size, help="windows per batch")
+    fit.add_argument(
+        "--batches-per-epoch", type=int, default=d.batches_per_epoch, help="batches per epoch"
+    )
+    fit.add_argument("--epochs", type=int, default=d.max_epochs, help="at most this many")
+    fit.add_argument("--patience", type=int, default=d.patience, help="early stopping, epochs")
+    fit.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate")
+    fit.add_argument(
+        "--level-shift", type=float, default=d.level_shift,
+        help="augmentation: random level shifts, in input stds (autoregressive models only)",
+    )  # fmt: skip
+    fit.add_argument("--seed", type=int, default=d.seed, help="random seed")
+    fit.add_argument("--threads", type=int, default=d.threads, help="torch intra-op threads")
+    out = p.add_argument_group("output")
+    out.add_argument("--out", type=Path, help="run folder (default: runs/<name>)")
+    out.add_argument("--no-plots", action="store_true", help="write no PNG plots")
+    out.add_argument("--quiet", action="store_true", help="no progress bar")
+    out.add_argument("--name", help="model name (default: <data or CSV name>-<cell>)")
+    out.add_argument(
+        "--export", type=Path, metavar="REPOSITORY",
+        help="also export to REPOSITORY/NAME/VERSION (default: not exported)",
+    )  # fmt: skip
+    out.add_argument("--version", default="1", help="version folder when exporting")
+    out.add_argument("--force", action="store_true", help="replace an existing exported version")
 
 
 def _export_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("export", help="export a checkpoint to the ONNX model contract")
+    p = sub.add_parser(
+        "export", help="export a checkpoint to the ONNX model contract", formatter_class=FORMATTER
+    )
     p.add_argument("checkpoint", type=Path, help="checkpoint.pt (or a folder holding one)")
-    p.add_argument("--repository", type=Path, default=REPOSITORY)
-    p.add_argument("--name", required=True)
-    p.add_argument("--version", default="1")
-    p.add_argument("--tolerance", type=float, default=1e-5)
+    p.add_argument("--repository", type=Path, default=REPOSITORY, help="model repository")
+    p.add_argument("--name", required=True, help="model name (a folder of the repository)")
+    p.add_argument("--version", default="1", help="version folder")
+    p.add_argument(
+        "--tolerance", type=float, default=1e-5, help="largest ONNX vs PyTorch difference"
+    )
+    p.add_argument("--force", action="store_true", help="replace an existing version")
 
 
 def _compare_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("compare", help="RNN vs GRU vs LSTM: size, cost, error, adding problem")
-    p.add_argument("--out", type=Path, default=Path("runs/compare"))
-    p.add_argument("--hidden", type=int, default=32)
+    p = sub.add_parser(
+        "compare",
+        help="RNN vs GRU vs LSTM: size, cost, error, adding problem",
+        formatter_class=FORMATTER,
+    )
+    p.add_argument("--out", type=Path, default=Path("runs/compare"), help="output folder")
+    p.add_argument("--hidden", type=int, default=32, help="hidden size of every cell")
     p.add_argument("--adding-length", type=int, default=100, help="adding problem T")
     p.add_argument("--adding-steps", type=int, default=3000, help="optimizer steps per cell")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _free(version_dir: Path, force: bool) -> None:
+    """Refuse to write over an exported version unless told to: a served version is
+    immutable (a reload keeps the loaded one and warns)."""
+    if version_dir.exists() and any(version_dir.iterdir()) and not force:
+        raise ValueError(
+            f"{version_dir} already holds a version; export to a new --version, or pass "
+            "--force to replace it"
+        )
 
 
 def export_checkpoint(
@@ -98,8 +182,17 @@ def export_checkpoint(
 def _train(args: argparse.Namespace, argv: list[str]) -> int:
     from seqserve.models.train import TrainConfig, save_outputs, train
 
+    if args.csv is not None and not args.csv.is_file():
+        raise ValueError(f"--csv: expected a CSV file, got {str(args.csv)!r} (not a file)")
     config = TrainConfig(
-        data=args.data,
+        data="csv" if args.csv is not None else args.data,
+        csv=str(args.csv or ""),
+        features=args.features,
+        targets=args.targets,
+        time_column=args.time_column,
+        val_fraction=float(args.split[0]),
+        test_fraction=float(args.split[1]),
+        split_times=tuple(args.split_times or ()),
         cell=args.cell,
         hidden_size=args.hidden,
         num_layers=args.layers,
@@ -116,9 +209,13 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
         seed=args.seed,
         threads=args.threads,
     )
-    name = args.name or f"{config.data}-{config.cell}"
+    name = args.name or f"{args.csv.stem if args.csv else config.data}-{config.cell}"
     out = args.out or Path("runs") / name
+    if args.export is not None:  # before training, not after it
+        _free(args.export / name / args.version, args.force)
     command = "seqserve " + shlex.join(argv)
+    if config.data == "csv":
+        print(describe_csv(config))
     result = train(config, progress=not args.quiet, command=command)
     paths = save_outputs(result, out, plots=not args.no_plots)
     m = result.metrics
@@ -136,8 +233,27 @@ def _train(args: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
+def describe_csv(config: Any) -> str:
+    """One line on what a CSV became: steps, sorting, gaps filled, targets never scored."""
+    from seqserve.models.train import load_series
+
+    series = load_series(config)
+    n = series.notes
+    parts = [f"{Path(config.csv).name}: {n['steps']} steps from {n['rows']} rows"]
+    if not n["sorted_by_time"]:
+        parts.append(f"sorted by {n['time_column']}")
+    if n["inserted_for_gaps"]:
+        parts.append(f"{n['inserted_for_gaps']} inserted for {n['time_gaps']} gap(s)")
+    parts.append(
+        f"features {n['features']} -> targets {n['targets']}; {n['missing']} step(s) with a "
+        "missing target, filled as inputs and never scored"
+    )
+    return ", ".join(parts)
+
+
 def _export(args: argparse.Namespace) -> int:
     version_dir = args.repository / args.name / args.version
+    _free(version_dir, args.force)
     export_checkpoint(args.checkpoint, version_dir, tolerance=args.tolerance)
     print(f"exported: {version_dir}")
     return 0
@@ -182,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         parser = build_parser()  # imports torch for the training defaults
     except ModuleNotFoundError as exc:
         print(
-            f"seqserve: {exc}; train/export/compare need `pip install 'seqserve[train]'`",
+            f"seqserve: {exc}; train/export/compare need `{install('train')}`",
             file=sys.stderr,
         )
         return 2

@@ -45,6 +45,9 @@ class Series:
     times: np.ndarray  # (N,) datetime64 or step numbers
     season: int | None  # period in steps, for the seasonal-naive baseline
     notes: dict[str, Any] = field(default_factory=dict)
+    # (N, O) float32 what is forecast, gaps filled, when it is not the inputs themselves;
+    # None: the next step of the inputs (an autoregressive model, O == F).
+    targets: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.values.shape[0])
@@ -52,6 +55,19 @@ class Series:
     @property
     def num_features(self) -> int:
         return int(self.values.shape[1])
+
+    @property
+    def target_values(self) -> np.ndarray:
+        """(N, O): the targets, or the inputs when the model forecasts its own next input."""
+        return self.values if self.targets is None else self.targets
+
+    @property
+    def num_targets(self) -> int:
+        return int(self.target_values.shape[1])
+
+    @property
+    def autoregressive(self) -> bool:
+        return self.targets is None
 
 
 @dataclass(frozen=True)
@@ -141,6 +157,22 @@ def multi_sine(
     )
 
 
+def split_at_times(times: np.ndarray, val_start: Any, test_start: Any) -> Splits:
+    """Splits where validation and test begin, given as times of the series."""
+    if not val_start < test_start:
+        raise ValueError(f"expected the validation start before the test start, got "
+                         f"{val_start} and {test_start}")  # fmt: skip
+    train_end = int(np.searchsorted(times, val_start))
+    val_end = int(np.searchsorted(times, test_start))
+    n = len(times)
+    if not 1 < train_end < val_end < n:
+        raise ValueError(
+            f"expected both split times inside the series ({times[0]} to {times[-1]}) with "
+            f"steps in every split, got {val_start} and {test_start}"
+        )
+    return Splits(train_end=train_end, val_end=val_end, n=n)
+
+
 def split_by_time(n: int, val_fraction: float = 0.15, test_fraction: float = 0.15) -> Splits:
     if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
         raise ValueError(
@@ -161,14 +193,24 @@ def fit_normalization(series: Series, splits: Splits, *, residual: bool) -> Norm
     """
     train = series.values[: splits.train_end].astype(np.float64)  # (N_train, F)
     obs = series.observed[: splits.train_end]
-    x_mean, x_std = train[obs].mean(axis=0), train[obs].std(axis=0)
+    x_mean, x_std = train[obs].mean(axis=0), _scale(train[obs].std(axis=0))
     if residual:
+        if not series.autoregressive:
+            raise ValueError("residual adds the input to the output: expected targets == inputs")
         both = obs[1:] & obs[:-1]  # differences between two observed weeks only
         diff = (train[1:] - train[:-1])[both]  # (M, F)
-        y_mean, y_std = diff.mean(axis=0), diff.std(axis=0)
-    else:
+        y_mean, y_std = diff.mean(axis=0), _scale(diff.std(axis=0))
+    elif series.autoregressive:
         y_mean, y_std = x_mean, x_std
+    else:
+        targets = series.target_values[: splits.train_end].astype(np.float64)[obs]  # (M, O)
+        y_mean, y_std = targets.mean(axis=0), _scale(targets.std(axis=0))
     return Normalization(x_mean.tolist(), x_std.tolist(), y_mean.tolist(), y_std.tolist())
+
+
+def _scale(std: np.ndarray) -> np.ndarray:
+    """A standard deviation usable as a divisor: a constant column gets 1."""
+    return np.where(std > 1e-12, std, 1.0)
 
 
 class WindowDataset(Dataset[tuple[Tensor, Tensor, Tensor]]):
@@ -182,6 +224,7 @@ class WindowDataset(Dataset[tuple[Tensor, Tensor, Tensor]]):
         if end - start < window + 1:
             raise ValueError(f"split [{start}, {end}) is shorter than window + 1 = {window + 1}")
         self.values = torch.from_numpy(series.values)  # (N, F)
+        self.targets = torch.from_numpy(series.target_values)  # (N, O)
         self.observed = torch.from_numpy(series.observed)  # (N,)
         self.window = window
         self.starts = list(range(start, end - window, stride))
@@ -193,7 +236,7 @@ class WindowDataset(Dataset[tuple[Tensor, Tensor, Tensor]]):
         s = self.starts[i]
         w = self.window
         x = self.values[s : s + w]  # (W, F)
-        y = self.values[s + 1 : s + w + 1]  # (W, F)
+        y = self.targets[s + 1 : s + w + 1]  # (W, O)
         mask = self.observed[s + 1 : s + w + 1]  # (W,)
         return x, y, mask
 
@@ -219,7 +262,7 @@ def target_steps(series: Series, start: int, end: int) -> np.ndarray:
 def baselines(series: Series, start: int, end: int) -> Baselines:
     """Baseline MAE over the observed targets in [start, end), averaged over features."""
     steps = target_steps(series, start, end)
-    v = series.values.astype(np.float64)
+    v = series.target_values.astype(np.float64)  # (N, O)
     naive = float(np.abs(v[steps] - v[steps - 1]).mean())
     seasonal = None
     if series.season is not None:

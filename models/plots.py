@@ -43,7 +43,7 @@ def forecast_vs_actual(
     """Top: the whole series with the splits shaded. Bottom: the test part, one-step
     forecasts against observed values (filled weeks are not drawn as observations)."""
     times = series.times
-    actual = series.values[:, 0].astype(np.float64)
+    actual = series.target_values[:, 0].astype(np.float64)
     obs = series.observed
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7))
     top.plot(times, actual, lw=0.8, color="black", label="series (gaps filled)")

@@ -31,12 +31,13 @@ from seqserve.models.data import (
     fit_normalization,
     load_co2,
     multi_sine,
+    split_at_times,
     split_by_time,
     target_steps,
 )
 from seqserve.models.networks import Forecaster, ServingModule
 
-DATASETS = ("co2", "sine")
+DATASETS = ("co2", "sine", "csv")
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,17 @@ class TrainConfig:
     level_shift: float = 4.0
     seed: int = 0
     sine_steps: int = 2000  # length of the synthetic series when data == "sine"
+    # data == "csv": the file, its columns (empty: every numeric column; targets empty:
+    # the features, an autoregressive model) and its time column (empty: row order).
+    csv: str = ""
+    features: tuple[str, ...] = ()
+    targets: tuple[str, ...] = ()
+    time_column: str = ""
+    # Splits by time: the last fractions of the series, or where validation and test
+    # begin (times of the series, e.g. dates) when given.
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    split_times: tuple[str, ...] = ()
     # Intra-op threads. These models are tiny: one thread is fastest, and two
     # spin-waiting threads on a busy 2-core machine were ~8x slower.
     threads: int = 1
@@ -72,6 +84,12 @@ class TrainConfig:
         for name in ("batch_size", "batches_per_epoch", "max_epochs", "patience", "threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if (self.data == "csv") != bool(self.csv):
+            raise ValueError("expected --csv FILE with data csv (and only then)")
+        if self.split_times and len(self.split_times) != 2:
+            raise ValueError(
+                f"expected two split times (validation start, test start), got {self.split_times}"
+            )
 
 
 @dataclass
@@ -86,7 +104,21 @@ class TrainResult:
 def load_series(config: TrainConfig) -> Series:
     if config.data == "co2":
         return load_co2()
+    if config.data == "csv":
+        from seqserve.models.csvdata import load_csv
+
+        return load_csv(Path(config.csv), config.features, config.targets, config.time_column)
     return multi_sine(n=config.sine_steps, seed=config.seed)
+
+
+def splits_for(config: TrainConfig, series: Series) -> Splits:
+    """Splits by time: at the configured times, or the configured last fractions."""
+    if config.split_times:
+        times = series.times
+        at = [np.asarray(t).astype(times.dtype) if times.dtype.kind == "M" else float(t)
+              for t in config.split_times]  # fmt: skip
+        return split_at_times(times, at[0], at[1])
+    return split_by_time(len(series), config.val_fraction, config.test_fraction)
 
 
 def stream(module: ServingModule, series: Series) -> np.ndarray:
@@ -106,7 +138,7 @@ def split_metrics(
     module: ServingModule, series: Series, splits: Splits, predictions: np.ndarray
 ) -> dict[str, float]:
     """Loss (MSE in network units), MAE and RMSE (raw units) per split, observed targets only."""
-    values = series.values.astype(np.float64)
+    values = series.target_values.astype(np.float64)  # (N, O)
     metrics: dict[str, float] = {}
     for name, (start, end) in splits.ranges().items():
         steps = target_steps(series, start, end)
@@ -155,13 +187,15 @@ def _train(config: TrainConfig, *, progress: bool, command: str | None) -> Train
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     series = load_series(config)
-    splits = split_by_time(len(series))
-    norm = fit_normalization(series, splits, residual=config.residual)
-    f = series.num_features
+    splits = splits_for(config, series)
+    # The residual form adds the input to the output: only where they are the same series.
+    residual = config.residual and series.autoregressive
+    norm = fit_normalization(series, splits, residual=residual)
+    f, o = series.num_features, series.num_targets
     forecaster = Forecaster(
-        config.cell, f, config.hidden_size, config.num_layers, f, dropout=config.dropout
+        config.cell, f, config.hidden_size, config.num_layers, o, dropout=config.dropout
     )
-    module = ServingModule(forecaster, norm, residual=config.residual)
+    module = ServingModule(forecaster, norm, residual=residual)
     windows = WindowDataset(series, 0, splits.train_end, config.window)
     optimizer = torch.optim.Adam(module.parameters(), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=4)
@@ -176,7 +210,7 @@ def _train(config: TrainConfig, *, progress: bool, command: str | None) -> Train
         for _ in range(config.batches_per_epoch):
             idx = torch.randint(0, len(windows), (config.batch_size,), generator=gen)
             x, y, mask = (torch.stack(t) for t in zip(*(windows[int(i)] for i in idx), strict=True))
-            if config.level_shift > 0:
+            if config.level_shift > 0 and series.autoregressive:  # one shift for x and y
                 shift = (torch.rand(x.shape[0], 1, f, generator=gen) * 2 - 1) * input_std
                 x, y = x + config.level_shift * shift, y + config.level_shift * shift
             loss = _batch_loss(module, (x, y, mask), config.burn_in)
@@ -219,6 +253,8 @@ def _train(config: TrainConfig, *, progress: bool, command: str | None) -> Train
         "data": {"name": series.name, **series.notes},
         "splits": _dates(series, splits),
         "split_steps": splits.ranges(),
+        "autoregressive": series.autoregressive,
+        "residual": residual,
         "config": asdict(config),
         "metrics": metrics,
         "torch": str(torch.__version__),
@@ -234,20 +270,28 @@ def save_outputs(result: TrainResult, out_dir: Path, *, plots: bool = True) -> d
         "checkpoint": out_dir / checkpoint.CHECKPOINT_FILE,
         "metrics": out_dir / "metrics.json",
     }
+    autoregressive = bool(result.provenance.get("autoregressive", True))
     checkpoint.save(
-        paths["checkpoint"], result.module, autoregressive=True, provenance=result.provenance
+        paths["checkpoint"],
+        result.module,
+        autoregressive=autoregressive,
+        provenance=result.provenance,
     )
     paths["metrics"].write_text(json.dumps(result.metrics, indent=2, sort_keys=True) + "\n")
     if plots:
         from seqserve.models import plots as plotting
 
-        config = TrainConfig(**result.provenance["config"])
+        fields: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v
+            for k, v in result.provenance["config"].items()
+        }
+        config = TrainConfig(**fields)
         series = load_series(config)
         paths["loss_plot"] = plotting.loss_curves(result.history, out_dir / "loss.png")
         assert result.predictions is not None
         paths["forecast_plot"] = plotting.forecast_vs_actual(
             series,
-            split_by_time(len(series)),
+            splits_for(config, series),
             result.predictions,
             result.metrics,
             out_dir / "forecast.png",
