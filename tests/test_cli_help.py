@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from pathlib import Path
 
 import pytest
 
@@ -48,3 +49,13 @@ def test_seqserve_alone_lists_the_commands(capsys: pytest.CaptureFixture[str]) -
     err = capsys.readouterr().err
     for name in ("serve", "models", "predict", "train", "export", "compare", "bench"):
         assert re.search(rf"^\s+{name}\s", err, re.M), name
+
+
+def test_install_hints_fit_a_clone_and_an_installed_package(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from seqserve import hints
+
+    assert hints.install("plot").startswith("pip install -e '.[plot]'")  # this clone
+    monkeypatch.setattr(hints, "_SOURCE_ROOT", tmp_path)  # site-packages: no pyproject.toml
+    assert hints.install("plot") == "pip install 'seqserve[plot]'"

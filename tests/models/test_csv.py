@@ -109,6 +109,9 @@ def test_from_a_csv_to_a_served_model_to_seqserve_predict(
     assert (spec.input_size, spec.output_size, spec.autoregressive) == (2, 1, False)
     assert models_main(args) == 2  # the version exists: not replaced without --force
     assert "--force" in capsys.readouterr().err
+    export = ["export", str(run), "--repository", str(repo), "--name", "meter-gru"]
+    assert models_main(export) == 2 and "already holds a version" in capsys.readouterr().err
+    assert models_main([*export, "--force"]) == 0
     # New readings, in order, streamed through the served model.
     days, temp, load = meter(60, seed=7)
     rows = [[d, f"{a:.4f}", f"{b:.4f}"] for d, a, b in zip(days, temp, load, strict=True)]
