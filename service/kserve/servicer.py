@@ -44,6 +44,7 @@ from seqserve.grpc.registration import Undecodable
 from seqserve.grpc.status import to_status
 from seqserve.kserve import config
 from seqserve.kserve.messages import (
+    Inputs,
     Sequence,
     check_outputs,
     infer_response,
@@ -153,9 +154,10 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
             return infer_response(
                 request.id, model, v.model.version, v.spec, result.outputs, inputs.batched
             )
+        if sequence.start:  # a bad request must not start (or restart) its sequence
+            self._checked(request, self._sessions.version(model, request.model_version or None))
         sid, v = await self._open(request, sequence, principal)
-        check_outputs(request, model, v.spec)
-        inputs = inputs_of(request, model, v.spec)
+        inputs = self._checked(request, v)
         result = await self._sessions.step(sid, inputs.values, principal)
         if sequence.end:
             await self._sessions.close_session(sid, principal)
@@ -180,6 +182,12 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
             await self._sessions.close_session(sid, principal)  # START on a live one
         await self._sessions.create_session(model, request.model_version or None, sid, principal)
         return sid, self._sessions.version_of(sid, principal)
+
+    @staticmethod
+    def _checked(request: kpb.ModelInferRequest, v: ModelVersion) -> Inputs:
+        """The request's input for version `v`, and its requested outputs checked."""
+        check_outputs(request, request.model_name, v.spec)
+        return inputs_of(request, request.model_name, v.spec)
 
     def _existing(
         self, request: kpb.ModelInferRequest, sequence: Sequence, principal: str, sid: str
@@ -272,6 +280,9 @@ class _Stream:
             ending = self._ending.get(key)
             if ending is not None:  # its END is in flight: see the sequence ended first
                 await ending.wait()
+            if sequence.start:  # a bad request must not start (or restart) its sequence
+                v = self._sessions.version(request.model_name, request.model_version or None)
+                self._servicer._checked(request, v)
             sid, v = await self._servicer._open(request, sequence, self._principal)
             return self._step(request, sequence, tag, sid, v)
         except Exception as exc:
@@ -286,8 +297,7 @@ class _Stream:
         v: ModelVersion,
     ) -> Step[_Tag]:
         tag.version, tag.spec = v.model.version, v.spec
-        check_outputs(request, request.model_name, v.spec)
-        inputs = inputs_of(request, request.model_name, v.spec)
+        inputs = self._servicer._checked(request, v)
         tag.batched = inputs.batched
         if sequence.end:
             tag.ending = sid

@@ -233,6 +233,10 @@ def test_triton_rules_for_ids_inputs_and_unserved_methods(server: ServerThread, 
                 infer(**tensor)
             assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert says in (e.value.details() or ""), tensor
+        with pytest.raises(grpc.RpcError) as e:  # a refused START starts nothing
+            infer(start=True, seq=77, raw=x.tobytes()[:12])
+        with Client(server.target) as native, pytest.raises(NotFoundError):
+            native.get_session(f"oip/anonymous/{MODEL}/77")
         with pytest.raises(grpc.RpcError) as e:
             stub.ModelInfer(kpb.ModelInferRequest(model_name="no-such-model"))
         assert e.value.code() == grpc.StatusCode.NOT_FOUND
