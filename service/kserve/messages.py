@@ -10,6 +10,7 @@ belongs to. Every refusal says what was expected and what arrived.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import numpy as np
@@ -131,7 +132,9 @@ def inputs_of(request: kpb.ModelInferRequest, model: str, spec: ModelSpec) -> In
                 f"expected {4 * count} bytes ({count} FP32 values of shape {shape}) for input "
                 f"{name!r}, got {len(raw[0])}"
             )
-        values: F32 = np.frombuffer(raw[0], dtype="<f4").astype(np.float32)  # (T * F,) a copy
+        # (T * F,) a read-only view of the request's bytes, kept alive by the array: the
+        # core only reads a step's values.
+        values: F32 = np.frombuffer(raw[0], dtype=np.dtype("<f4"))
         return Inputs(values, batched)
     if not tensor.HasField("contents"):
         raise InvalidArgument(
@@ -173,8 +176,16 @@ def infer_response(
     time, size = outputs.shape  # (T, O)
     response = kpb.ModelInferResponse() if into is None else into
     response.model_name, response.model_version, response.id = model, version, request_id
-    response.outputs.add(
-        name=spec.output_name, datatype=DATATYPE, shape=[1, time, size] if batched else [time, size]
-    )
+    response.outputs.append(_tensor(spec.output_name, time, size, batched))
     response.raw_output_contents.append(outputs.astype("<f4", copy=False).tobytes())
     return response
+
+
+@functools.lru_cache(maxsize=1024)
+def _tensor(
+    name: str, time: int, size: int, batched: bool
+) -> kpb.ModelInferResponse.InferOutputTensor:
+    """The output tensor's metadata, built once per shape: a stream's answers repeat it
+    (appending copies it into the response)."""
+    shape = [1, time, size] if batched else [time, size]
+    return kpb.ModelInferResponse.InferOutputTensor(name=name, datatype=DATATYPE, shape=shape)

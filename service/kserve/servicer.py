@@ -186,7 +186,8 @@ class KServeServicer(kpb_grpc.GRPCInferenceServiceServicer):
     @staticmethod
     def _checked(request: kpb.ModelInferRequest, v: ModelVersion) -> Inputs:
         """The request's input for version `v`, and its requested outputs checked."""
-        check_outputs(request, request.model_name, v.spec)
+        if request.outputs:  # most requests ask for none: all of them
+            check_outputs(request, request.model_name, v.spec)
         return inputs_of(request, request.model_name, v.spec)
 
     def _existing(
