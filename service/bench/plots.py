@@ -89,7 +89,7 @@ def throughput_plot(series: list[dict[str, Any]], out: Path) -> Path:
     if all("reference" in s for s in series):
         ax.plot(n, [s["reference"]["per_s"] for s in series], "s-", color="tab:green",
                 label="inline reference (a model call per message, no batching)")  # fmt: skip
-    ax.plot(n, [0.9 * e for e in echo], ":", color="tab:red", label="target 0.9x echo")
+    ax.plot(n, [0.8 * e for e in echo], ":", color="tab:red", label="target 0.8x echo")
     ax.set_xscale("log")
     ax.set_xticks(n, [str(x) for x in n])
     ax.set_xlabel("concurrent sessions, one stream each")
