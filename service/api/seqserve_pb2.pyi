@@ -191,32 +191,36 @@ class StepResponse(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., request_id: _Optional[int] = ..., time: _Optional[int] = ..., output_size: _Optional[int] = ..., outputs: _Optional[_Iterable[float]] = ..., position: _Optional[int] = ..., error: _Optional[_Union[Status, _Mapping]] = ...) -> None: ...
 
 class BatchStepRequest(_message.Message):
-    __slots__ = ("session_ids", "times", "values", "request_id", "positions")
+    __slots__ = ("session_ids", "times", "values", "request_id", "positions", "values_f32")
     SESSION_IDS_FIELD_NUMBER: _ClassVar[int]
     TIMES_FIELD_NUMBER: _ClassVar[int]
     VALUES_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     POSITIONS_FIELD_NUMBER: _ClassVar[int]
+    VALUES_F32_FIELD_NUMBER: _ClassVar[int]
     session_ids: _containers.RepeatedScalarFieldContainer[str]
     times: _containers.RepeatedScalarFieldContainer[int]
     values: _containers.RepeatedScalarFieldContainer[float]
     request_id: int
     positions: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, session_ids: _Optional[_Iterable[str]] = ..., times: _Optional[_Iterable[int]] = ..., values: _Optional[_Iterable[float]] = ..., request_id: _Optional[int] = ..., positions: _Optional[_Iterable[int]] = ...) -> None: ...
+    values_f32: bytes
+    def __init__(self, session_ids: _Optional[_Iterable[str]] = ..., times: _Optional[_Iterable[int]] = ..., values: _Optional[_Iterable[float]] = ..., request_id: _Optional[int] = ..., positions: _Optional[_Iterable[int]] = ..., values_f32: _Optional[bytes] = ...) -> None: ...
 
 class BatchStepResponse(_message.Message):
-    __slots__ = ("request_id", "output_lengths", "outputs", "positions", "errors")
+    __slots__ = ("request_id", "output_lengths", "outputs", "positions", "errors", "outputs_f32")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_LENGTHS_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     POSITIONS_FIELD_NUMBER: _ClassVar[int]
     ERRORS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_F32_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     output_lengths: _containers.RepeatedScalarFieldContainer[int]
     outputs: _containers.RepeatedScalarFieldContainer[float]
     positions: _containers.RepeatedScalarFieldContainer[int]
     errors: _containers.RepeatedCompositeFieldContainer[ItemError]
-    def __init__(self, request_id: _Optional[int] = ..., output_lengths: _Optional[_Iterable[int]] = ..., outputs: _Optional[_Iterable[float]] = ..., positions: _Optional[_Iterable[int]] = ..., errors: _Optional[_Iterable[_Union[ItemError, _Mapping]]] = ...) -> None: ...
+    outputs_f32: bytes
+    def __init__(self, request_id: _Optional[int] = ..., output_lengths: _Optional[_Iterable[int]] = ..., outputs: _Optional[_Iterable[float]] = ..., positions: _Optional[_Iterable[int]] = ..., errors: _Optional[_Iterable[_Union[ItemError, _Mapping]]] = ..., outputs_f32: _Optional[bytes] = ...) -> None: ...
 
 class ItemError(_message.Message):
     __slots__ = ("index", "status")

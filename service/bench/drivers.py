@@ -269,7 +269,8 @@ class _Stream:
 
 
 async def _batch_loop(stub: Any, slot: int, ids: list[str], job: BatchJob, rec: _Recorder) -> None:
-    request = pb.BatchStepRequest(session_ids=ids, values=[0.5] * (len(ids) * job.input_size))
+    values = np.full(len(ids) * job.input_size, 0.5, "<f4")  # (B * F,) one step each
+    request = pb.BatchStepRequest(session_ids=ids, values_f32=values.tobytes())
     sent = 0
     while sent < job.max_messages:
         t0 = time.monotonic_ns()
@@ -286,8 +287,9 @@ async def _batch_loop(stub: Any, slot: int, ids: list[str], job: BatchJob, rec: 
         for item in response.errors:
             rec.error(f"item {item.index}: {item.status.code} {item.status.message}")
         ok = len(ids) - len(response.errors)
-        if len(response.outputs) != ok * job.output_size:
-            rec.error(f"expected {ok * job.output_size} outputs, got {len(response.outputs)}")
+        got = len(response.outputs_f32) // 4
+        if got != ok * job.output_size:
+            rec.error(f"expected {ok * job.output_size} outputs, got {got}")
             continue
         rec.done(slot, t0, t1, ok)
 

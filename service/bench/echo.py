@@ -100,6 +100,13 @@ class EchoInference(pb_grpc.InferenceServicer):
         n = len(request.session_ids)
         times = list(request.times) or [1] * n
         lengths = [t * self._output_size for t in times]
+        if request.values_f32:  # answered in kind, as the server does
+            return pb.BatchStepResponse(
+                request_id=request.request_id,
+                output_lengths=lengths,
+                outputs_f32=bytes(4 * sum(lengths)),
+                positions=times,
+            )
         return pb.BatchStepResponse(
             request_id=request.request_id,
             output_lengths=lengths,

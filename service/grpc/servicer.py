@@ -223,13 +223,14 @@ class InferenceServicer(pb_grpc.InferenceServicer):
 
     @unary
     async def BatchStep(self, request: pb.BatchStepRequest, principal: str) -> pb.BatchStepResponse:
-        values = np.asarray(request.values, dtype=np.float32)  # concatenated items' steps
+        raw = bool(request.values_f32)
+        values = batches.values_of(request)  # (sum T_i * F,) the items' steps, concatenated
         times = list(request.times) if request.times else None
         positions = list(request.positions) if request.positions else None
         result = await self._sessions.step_batch(
             list(request.session_ids), times, values, principal, self._admit_batch, positions
         )
-        return batches.encode(request.request_id, result, self._max_message_bytes)
+        return batches.encode(request.request_id, result, self._max_message_bytes, raw=raw)
 
     def _admit_batch(self, plan: BatchPlan) -> None:
         """Refuse a batch whose answer could outgrow the message limit, before it is applied."""

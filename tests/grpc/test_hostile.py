@@ -222,6 +222,57 @@ def test_batch_item_with_zero_steps_fails_alone(client: Client, zoo: Zoo) -> Non
     assert client.get_session(a).position == 0
 
 
+def test_batch_values_as_float32_bytes_are_answered_in_bytes(client: Client, zoo: Zoo) -> None:
+    """values_f32 carries the same steps as values; the answer comes back in outputs_f32."""
+    x = zoo.inputs(MODEL, 5, np.random.default_rng(11))  # (5, 1): 2 steps for a, 3 for b
+    a = client.create_session(MODEL).session_id
+    b = client.create_session(MODEL).session_id
+    raw = x.astype("<f4").tobytes()
+    response = batch_call(
+        client.target, pb.BatchStepRequest(session_ids=[a, b], times=[2, 3], values_f32=raw)
+    )
+    assert not response.errors and len(response.outputs) == 0
+    assert list(response.output_lengths) == [2, 3] and list(response.positions) == [2, 3]
+    out = np.frombuffer(response.outputs_f32, "<f4").reshape(5, 1)  # (2 + 3 steps, O)
+    zoo.assert_matches(MODEL, x[:2], out[:2])
+    zoo.assert_matches(MODEL, x[2:], out[2:])
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected", "whole"),
+    [
+        ({"values": [1.0], "values_f32": b"\0\0\x80?"}, "in one of values (1 given)", True),
+        ({"values_f32": b"\0\0\x80"}, "a multiple of 4 bytes), got 3 bytes", True),
+        ({"values_f32": b"\0\0\x80?" * 2}, "expected 1 values", True),
+        ({"values_f32": b"\0\0\xc0\x7f"}, "expected finite values, got nan", False),
+    ],
+    ids=["both-forms", "partial-float", "too-many", "nan"],
+)
+def test_batch_values_f32_refusals(
+    server: ServerThread,
+    client: Client,
+    zoo: Zoo,
+    fields: dict[str, Any],
+    expected: str,
+    whole: bool,
+) -> None:
+    """Bytes that are not whole, finite float32 steps: the request or the item is refused."""
+    sid = client.create_session(MODEL).session_id
+    request = pb.BatchStepRequest(session_ids=[sid], **fields)
+    if whole:
+        with pytest.raises(grpc.RpcError) as e:
+            batch_call(server.target, request)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert expected in (e.value.details() or "")
+    else:
+        response = batch_call(server.target, request)
+        assert [e.index for e in response.errors] == [0]
+        assert response.errors[0].status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+        assert expected in response.errors[0].status.message
+    assert client.get_session(sid).position == 0
+    assert_bystander_ok(server.target, zoo, seed=12)
+
+
 def test_batch_of_50000_sessions(roomy: ServerThread, zoo: Zoo) -> None:
     """One real session among 50,000 unknown ones: it steps, each other item fails alone."""
     x = zoo.inputs(MODEL, 1, np.random.default_rng(9))
