@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from seqserve.core import runtime
 from seqserve.core.errors import NotFound
 from seqserve.core.runtime import ModelLoadError, ModelRegistry, session_options
 from tests.support import ModelZoo, torch_reference
@@ -139,3 +140,30 @@ def test_broken_folders_fail_the_load(zoo: ModelZoo, tmp_path: Path) -> None:
     (version_dir / "model.onnx").write_bytes(b"not an onnx graph")
     with pytest.raises(ModelLoadError, match=r"model rnn-ar/1: cannot load .*model\.onnx"):
         ModelRegistry.load(tmp_path)
+
+
+def test_call_cost_drops_the_first_calls_and_what_a_busy_machine_adds(
+    registry: ModelRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The estimate that decides inline rounds is the model's cost, from any start.
+
+    Scripted call times: a fresh session's slow first calls, then steady calls with
+    a neighbour's spikes among them. The estimate is the steady cost, not a median
+    that the first calls or the spikes pull up.
+    """
+    model = registry.get("lstm-ar")
+    warm = [141e-6, 49e-6, 59e-6, 63e-6, 46e-6]  # dropped
+    small = [37e-6, 80e-6, 37e-6, 90e-6, 38e-6, 85e-6, 37e-6, 88e-6, 37e-6]
+    wide = [37e-6 + 63 * 2e-6 + extra for extra in (0, 50e-6, 0, 60e-6, 0, 0, 70e-6, 0, 0)]
+    assert len(warm) == runtime.WARMUP_CALLS and len(small) == runtime.MEASURED_CALLS
+    script = iter(warm + small + warm + wide)
+    now = [0.0]
+
+    def scripted_run(x: Any, states: Any) -> None:
+        now[0] += next(script)
+
+    monkeypatch.setattr(model, "run", scripted_run)
+    monkeypatch.setattr(runtime.time, "thread_time", lambda: now[0])
+    call_s, row_step_s = model._measure()
+    assert call_s == pytest.approx(37e-6)
+    assert row_step_s == pytest.approx(2e-6)
