@@ -57,9 +57,13 @@ F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
 Owner = TypeVar("Owner")
 
-# A round predicted to take less than a hop to the worker thread and back (two
-# thread wake-ups, ~50 us measured on 2 busy cores) runs on the loop.
-INLINE_S = 50e-6
+# A round predicted to take less than a hop to the worker thread and back runs
+# on the loop. The hop is not just two thread wake-ups: on the worker, a B=1 call
+# of the 2-layer LSTM (37 us on the loop) took 90-100 us of CPU, its weights
+# pulled into another core's cache each time. With a 50 us bound a slow spell of
+# the machine lifted that call's estimate over it and one-stream p50 went from
+# 1.1-1.2x the inline reference to 1.8-2.0x; with 200 us it stays 1.1-1.3x.
+INLINE_S = 200e-6
 
 
 @dataclass
