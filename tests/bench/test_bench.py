@@ -226,3 +226,29 @@ def test_the_inline_reference_steps_the_model(smoke_run: tuple[Path, str]) -> No
     want, _ = model.run(x[None], model.zero_states(1))  # (1, 6, O) in one call
     got = np.concatenate([np.asarray(a.outputs, np.float32) for a in answers])
     np.testing.assert_allclose(got, want.ravel(), rtol=0, atol=1e-5)
+
+
+def test_stages_account_for_the_request_and_leave_nothing_wrapped(
+    smoke_run: tuple[Path, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The in-process stage timing of a BatchStep: nested stages within their parents,
+    every stage within the request, and the server's functions restored afterwards."""
+    from seqserve.bench import stages
+    from seqserve.core.slab import Slab
+
+    out, _ = smoke_run
+    repository = out / "repository"
+    model = next(p.name for p in sorted(repository.iterdir()) if p.name.startswith("bench-lstm"))
+    gather = Slab.gather
+    figures = asyncio.run(stages.measure(repository, model, batch=8, requests=20))
+    assert Slab.gather is gather  # unwrapped
+    request = figures["request"]
+    assert figures["  ONNX Runtime"] <= figures["model calls (worker, or loop if small)"] <= request
+    assert figures["    scatter states"] <= figures["  commit"] <= request
+    assert figures["session lookup"] > 0 and figures["encode the answer"] > 0
+    top = [label for *_, label in stages.STAGES if not label.startswith(" ")]
+    assert sum(figures.get(label, 0.0) for label in top) < 1.2 * request  # none counted twice
+    assert stages.main(["--repository", str(repository), "--model", model, "--batch", "4",
+                        "--requests", "8"]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "ONNX Runtime" in printed and "us/session-step" in printed
