@@ -8,8 +8,9 @@ one-step-per-session request again and again, and reports the seconds per
 request spent in each stage. A stage is timed by wrapping its function for
 the run (and unwrapping it after); indented stages run inside the one above
 them, the others one after another. A round predicted to be short runs on
-the loop and skips the hand-over (seqserve.core.rounds.INLINE_S). The transport's own cost is what
-the echo server costs per message in `seqserve bench`.
+the loop and skips the hand-over (seqserve.core.rounds.INLINE_S). The
+transport's own cost is what the echo server costs per message in
+`seqserve bench`.
 """
 
 from __future__ import annotations
@@ -88,13 +89,13 @@ async def measure(repository: Path, model: str, batch: int, requests: int) -> di
     from seqserve.store.memory import MemoryDirectory
 
     keep_round_buffers_in_heap()  # as the server does
-    manager = SessionManager(
-        ModelRegistry.load(repository), CoreSettings(max_sessions=batch), MemoryDirectory
-    )
+    registry = ModelRegistry.load(repository)
+    input_size = registry.get(model).spec.input_size
+    manager = SessionManager(registry, CoreSettings(max_sessions=batch), MemoryDirectory)
     await manager.start()
     try:
         ids = [manager.create(model, None, None, "").session_id for _ in range(batch)]
-        x = np.full(batch * manager.versions[0].spec.input_size, 0.5, "<f4")  # one step each
+        x = np.full(batch * input_size, 0.5, "<f4")  # (B * F,) one step each
         wire = pb.BatchStepRequest(session_ids=ids, values_f32=x.tobytes()).SerializeToString()
 
         async def one() -> None:
