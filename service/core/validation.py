@@ -11,6 +11,7 @@ times[i] * F_i values, time-major.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -56,6 +57,17 @@ def not_finite(value: float, index: int, input_size: int) -> str:
     )
 
 
+# Up to this many values, checking them as Python floats beats numpy's isfinite and
+# all (~1.3 us of fixed cost, ~0.2 us for one value): a stream's step is one or a few.
+SMALL_VALUES = 16
+
+
+def _all_finite(flat: F32) -> bool:
+    if len(flat) <= SMALL_VALUES:
+        return all(map(math.isfinite, flat.tolist()))
+    return bool(np.isfinite(flat).all())
+
+
 def steps(
     values: npt.ArrayLike, input_size: int, max_steps: int, position: int | None = None
 ) -> F32:
@@ -77,7 +89,7 @@ def steps(
     t = n // input_size
     if t > max_steps:  # t >= 1 here, so one comparison is all of step_count
         raise InvalidArgument(too_many_steps(max_steps, f"T={t} ({n} values)"))
-    if not np.isfinite(flat).all():
+    if not _all_finite(flat):
         i = int(np.flatnonzero(~np.isfinite(flat))[0])
         raise InvalidArgument(not_finite(float(flat[i]), i, input_size))
     if position is not None and position < 0:

@@ -22,13 +22,21 @@ from seqserve.grpc.status import to_status, to_status_pb
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
+# Up to this many values, reading them one by one beats numpy's ~2 us of fixed cost
+# for a repeated field; beyond it, the element loop costs more (measured: equal at ~48).
+FEW_VALUES = 32
+
 
 def decode(request: pb.StepRequest | Undecodable) -> Step[int]:
     """A StepRequest as the core takes it; the tag is the client's request_id."""
     if isinstance(request, Undecodable):
         raise errors.InvalidArgument(request.message)
     position = request.position if request.HasField("position") else None
-    values = np.asarray(request.values, dtype=np.float32)  # (T * F,) a fresh array
+    given = request.values
+    if len(given) <= FEW_VALUES:
+        values = np.fromiter(given, np.float32, len(given))  # (T * F,) a fresh array
+    else:
+        values = np.asarray(given, dtype=np.float32)
     return request.session_id, values, position, request.request_id
 
 

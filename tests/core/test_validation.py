@@ -69,3 +69,17 @@ def test_steps_keep_a_float32_array_and_convert_anything_else() -> None:
     assert steps.shape == (2, 3) and np.shares_memory(steps, x)  # handed over, not copied
     from_list = validation.steps([1, 2, 3], 3, 8)
     assert from_list.dtype == np.float32 and from_list.shape == (1, 3)
+
+
+@pytest.mark.parametrize("n", [1, validation.SMALL_VALUES, validation.SMALL_VALUES + 1, 300])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_non_finite_value_is_found_whatever_the_request_size(n: int, bad: float) -> None:
+    """Short requests are checked value by value, long ones with numpy: both see every value."""
+    values = np.linspace(-3e38, 3e38, n).astype(np.float32)  # finite, to float32's extremes
+    assert validation.steps(values, 1, 4096).shape == (n, 1)
+    values[n - 1] = bad  # the last value: a check that stops early misses it
+    with pytest.raises(InvalidArgument) as raised:
+        validation.steps(values, 1, 4096)
+    assert str(raised.value) == (
+        f"expected finite values, got {float(bad)} at index {n - 1} (step {n - 1}, feature 0)"
+    )
