@@ -131,7 +131,7 @@ def _serve(args: argparse.Namespace) -> int:
     from seqserve.logs import configure
 
     configure(settings.log_level, settings.log_format, settings.access_log)
-    from seqserve.core.heap import keep_round_buffers_in_heap
+    from seqserve.core.heap import collect_less_often, keep_round_buffers_in_heap
     from seqserve.core.journal import StoreError
     from seqserve.core.runtime import ModelLoadError  # loads ONNX Runtime
     from seqserve.grpc.auth import TokenError
@@ -139,6 +139,7 @@ def _serve(args: argparse.Namespace) -> int:
     from seqserve.grpc.tls import TlsError
 
     keep_round_buffers_in_heap()  # the serving process owns its allocator
+    collect_less_often()  # and its collector
     try:
         return asyncio.run(serve(settings))
     except (ModelLoadError, StoreError, TokenError, TlsError, OSError) as exc:

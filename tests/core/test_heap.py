@@ -1,7 +1,8 @@
-"""The allocator tuning the server applies at start (seqserve.core.heap)."""
+"""The memory tuning the server applies at start (seqserve.core.heap)."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import platform
 from typing import Any
@@ -44,3 +45,19 @@ def test_a_refused_threshold_is_reported_not_raised(
 def test_without_mallopt_nothing_is_tuned(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(heap.ctypes, "CDLL", lambda name: _Libc(answer=None))  # musl, macOS
     assert heap.keep_round_buffers_in_heap() is False
+
+
+def test_the_collector_runs_less_often_and_leaves_what_exists_at_start_alone() -> None:
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)  # CPython's defaults
+        held = [[] for _ in range(100)]  # objects that exist when the server starts
+        assert heap.collect_less_often() == (700, 10, 10)
+        assert gc.get_threshold() == (heap.GEN0_THRESHOLD, 10, 10)
+        assert gc.get_freeze_count() >= len(held)
+        gc.set_threshold(50_000, 10, 10)  # a process that already collects less often
+        heap.collect_less_often()
+        assert gc.get_threshold()[0] == 50_000  # kept, not lowered
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
