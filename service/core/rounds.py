@@ -381,13 +381,17 @@ class RoundRunner(Generic[Owner]):
         """Hand each row's outputs to its work: y (B, T, O), rows in bucket order."""
         slab, t = self.slab, p.t
         o = y.shape[2]
-        row = 0
-        for w in p.bucket.steps:
-            if applied[row]:
-                delivery.add(w.future, StepResult(y[row], int(slab.position[w.slot])))
-            else:
-                fail(w.future, stale(slab, w.session_id, w.slot, w.owner, "running"))
-            row += 1
+        steps = p.bucket.steps
+        row = len(steps)
+        if steps:  # the bucket's single-session rows come first, then its groups' parts
+            # Python values, once for the bucket: indexing numpy per row costs more.
+            ok_rows = applied[:row].tolist()
+            after = slab.position[p.slots[:row]].tolist()  # (n,) positions once applied
+            for w, ok, y_w, position in zip(steps, ok_rows, y, after, strict=False):
+                if ok:
+                    delivery.add(w.future, StepResult(y_w, position))  # y_w (T, O)
+                else:
+                    fail(w.future, stale(slab, w.session_id, w.slot, w.owner, "running"))
         for g, idx in p.bucket.parts:
             n = len(idx)
             ok = applied[row : row + n]
