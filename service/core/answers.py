@@ -141,6 +141,17 @@ class Answers:
             long,
         )
 
+    def long_of(self, slots: I64) -> dict[int, dict[int, F32]]:
+        """The long answers of `slots` that have any: slot -> ring index -> (T, O) copy."""
+        if not self.long:
+            return {}
+        wanted = set(slots.tolist())
+        out: dict[int, dict[int, F32]] = {}
+        for (slot, ring), answer in self.long.items():  # one pass, not one per slot
+            if slot in wanted:
+                out.setdefault(slot, {})[ring] = answer.copy()
+        return out
+
     def load(
         self, slot: int, count: int, starts: I64, digests: U64, outputs: F32, long: dict[int, F32]
     ) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import enum
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -261,6 +262,64 @@ def encode_row(row: SessionRow) -> bytes:
     for record in row.pending:
         parts.append(struct.pack("<I", len(record)) + record)
     return b"".join(parts)
+
+
+def encode_rows(
+    heads: Sequence[tuple[str, str]],
+    label: str,
+    positions: I64,
+    last_access: npt.NDArray[np.float64],
+    counts: npt.NDArray[np.uint32],
+    state: F32,
+    last_output: F32,
+    starts: I64,
+    digests: U64,
+    outputs: F32,
+    long: dict[int, dict[int, F32]],
+) -> list[bytes]:
+    """`encode_row` of n rows of one model version, byte for byte, with columnar work.
+
+    heads: (session id, principal) per row; then one row per session of each
+    column: positions, last_access, counts (n,), state (n, S), last_output (n, O),
+    starts and digests (n, R), outputs (n, R, O); long: row index -> its long
+    answers, for the rows that have any. Rows carry no pending records.
+    """
+    n, size = state.shape
+    retained = starts.shape[1]
+    # The fixed-size middle of every row, side by side: (n, bytes per row)
+    middle = np.concatenate(
+        [
+            np.ascontiguousarray(state, "<f4").view(np.uint8),
+            np.ascontiguousarray(last_output, "<f4").view(np.uint8),
+            np.ascontiguousarray(starts, "<i8").view(np.uint8),
+            np.ascontiguousarray(digests, "<u8").view(np.uint8),
+            np.ascontiguousarray(outputs.reshape(n, -1), "<f4").view(np.uint8),
+        ],
+        axis=1,
+    )
+    width = middle.shape[1]
+    blob = middle.tobytes()
+    label_bytes = _text(label)
+    sizes = struct.pack("<HH", last_output.shape[1], retained)
+    no_pending = struct.pack("<I", 0)
+    rows: list[bytes] = []
+    columns = zip(heads, positions.tolist(), last_access.tolist(), counts.tolist(), strict=True)
+    for i, ((sid, principal), position, wall, count) in enumerate(columns):
+        answers = long.get(i)
+        parts = [
+            _text(sid),
+            _text(principal),
+            label_bytes,
+            _ROW.pack(position, wall, count, size, len(answers) if answers else 0),
+            sizes,
+            blob[i * width : (i + 1) * width],
+        ]
+        if answers:
+            for ring, answer in sorted(answers.items()):
+                parts.append(struct.pack("<BI", ring, len(answer)) + answer.astype("<f4").tobytes())
+        parts.append(no_pending)
+        rows.append(b"".join(parts))
+    return rows
 
 
 def decode_row(data: bytes | memoryview) -> SessionRow:

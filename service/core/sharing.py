@@ -55,7 +55,7 @@ from seqserve.core.errors import (
 )
 from seqserve.core.figures import STORE_SECONDS, Histogram
 from seqserve.core.records import SessionRow, decode_row, encode_row
-from seqserve.core.snapshots import check_shapes, install, snapshot
+from seqserve.core.snapshots import check_shapes, install, snapshot, snapshot_rows
 from seqserve.core.versions import ModelVersion
 
 log = logging.getLogger(__name__)
@@ -298,12 +298,20 @@ class Sharing:
         assert directory is not None
         ids, starts, t = records.steps_of(record)  # the arrays are not needed: the rows are
         ops: list[Op] = []
+        live: dict[int, list[tuple[int, Session]]] = {}  # version -> (op index, session)
         for sid, start in zip(ids, starts, strict=True):
             s = directory.get(sid)
-            if s is None:  # evicted since its round committed: nothing to write, not answered
-                ops.append((sid, start, start + t, b""))
-                continue
-            ops.append((sid, start, start + t, self.row(s)))
+            if s is not None:
+                live.setdefault(s[VERSION], []).append((len(ops), s))
+            # An evicted session (since its round committed) keeps the empty row: nothing
+            # to write, not answered.
+            ops.append((sid, start, start + t, b""))
+        mono, wall = self.mono(), time.time()
+        for v, members in live.items():  # a round's sessions share a version: one call
+            rows = snapshot_rows(self.versions[v], [s for _, s in members], mono, wall)
+            for (i, _), row in zip(members, rows, strict=True):
+                sid, expect, position, _ = ops[i]
+                ops[i] = (sid, expect, position, row)
         return self._add(ops, "steps")
 
     def barrier(self) -> asyncio.Future[None] | None:

@@ -226,6 +226,16 @@ class Slab(Generic[Owner]):
             [a[lead + at].reshape(-1) for lead, a in zip(self._leads, self.states, strict=True)]
         )
 
+    def states_of(self, slots: I64) -> F32:
+        """`state_of` for many slots: (len(slots), S), row i that of slots[i]."""
+        n = len(slots)
+        # Each state in model layout (.., n, ..) -> session-major (n, per-session values)
+        parts = [
+            np.moveaxis(g, axis, 0).reshape(n, -1)
+            for g, axis in zip(self.gather(slots), self._axes, strict=True)
+        ]
+        return np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+
     def load(self, slot: int, state: F32, position: int, last_output: F32, now: float) -> None:
         """Replace a slot's state (S,) and columns, as a reset does (the epoch changes)."""
         self._zero(slot)

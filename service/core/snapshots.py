@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from seqserve.core.directory import ID, PRINCIPAL, SLOT, Session
 from seqserve.core.errors import InvalidArgument
-from seqserve.core.records import F32, I64, U64, SessionRow, encode_row
+from seqserve.core.records import F32, I64, U64, SessionRow, encode_row, encode_rows
 from seqserve.core.versions import ModelVersion
 
 
@@ -36,6 +37,34 @@ def snapshot(version: ModelVersion, session: Session, mono: float, wall: float) 
         digests=digests,
         outputs=outputs,
         long=long,
+    )
+
+
+def snapshot_rows(
+    version: ModelVersion, sessions: Sequence[Session], mono: float, wall: float
+) -> list[bytes]:
+    """`encode_row(snapshot(...))` of each of `sessions` (all live on `version`), in bulk.
+
+    A round's shared-store write needs every stepped session's row; built one by
+    one, the rows cost more than the round's model call (~20 us each at LSTM
+    128x2), most of it numpy calls on one slot at a time.
+    """
+    slab, answers = version.slab, version.slab.answers
+    slots = np.fromiter((s[SLOT] for s in sessions), np.int64, len(sessions))
+    by_slot = answers.long_of(slots)
+    long = {i: by_slot[slot] for i, slot in enumerate(slots.tolist()) if slot in by_slot}
+    return encode_rows(
+        [(s[ID], s[PRINCIPAL]) for s in sessions],
+        version.label,
+        slab.position[slots],
+        wall - (mono - slab.last_access[slots]),  # (n,) on the wall clock, as `snapshot`
+        answers.count[slots],
+        slab.states_of(slots),
+        slab.last_output[slots],
+        answers.starts[slots],
+        answers.digests[slots],
+        answers.outputs[slots],
+        long,
     )
 
 
