@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 from collections import defaultdict
 from typing import Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
@@ -136,10 +137,14 @@ class RedisStore:
 
     async def _script(self, ops: list[Op], ttl_ms: int) -> list[int]:
         keys = [self.key(op[0]) for op in ops]
-        args: list[object] = [ttl_ms]
+        # The ops' conditions, positions and rows in one argument (see _WRITE): the
+        # client library encodes each argument in Python, three per session otherwise.
+        parts: list[bytes] = []
         for _, expect, position, row in ops:
-            args += [_EXPECT.get(expect, expect), position, row]
-        result = await self._write(keys=keys, args=args)
+            want = _EXPECT.get(expect) or str(expect).encode()
+            at = str(position).encode()
+            parts += [_U16.pack(len(want)), want, _U16.pack(len(at)), at, _U32.pack(len(row)), row]
+        result = await self._write(keys=keys, args=[ttl_ms, b"".join(parts)])
         return [int(r) for r in result]
 
     async def close(self) -> None:
@@ -161,18 +166,26 @@ class RedisStore:
             )
 
 
-_EXPECT = {CREATE: "create", EXISTING: "existing", DELETE: "delete"}
+_EXPECT = {CREATE: b"create", EXISTING: b"existing", DELETE: b"delete"}
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
 
-# Per key i: ARGV[2 + 3(i-1)] the condition (a position, or create / existing /
-# delete), then the new position and the row. Returns per key 1 (applied), 0 (the
-# condition failed) or 2 (a step's session is not there: closed or expired).
+# ARGV[1] the TTL; ARGV[2], per key i in turn: the condition (a position, or create /
+# existing / delete) and the new position, each as text after its u16 length, then
+# the row after its u32 length. Positions stay text so that Lua's doubles never
+# round them. Returns per key 1 (applied), 0 (the condition failed) or 2 (a step's
+# session is not there: closed or expired).
 _WRITE = """
 local ttl = ARGV[1]
+local ops = ARGV[2]
+local at = 1
 local out = {}
 for i = 1, #KEYS do
   local k = KEYS[i]
-  local a = 2 + (i - 1) * 3
-  local want = ARGV[a]
+  local want, after, row
+  want, at = struct.unpack('<Hc0', ops, at)
+  after, at = struct.unpack('<Hc0', ops, at)
+  row, at = struct.unpack('<I4c0', ops, at)
   local ok = 0
   if want == 'delete' then
     redis.call('DEL', k)
@@ -191,7 +204,7 @@ for i = 1, #KEYS do
       end
     end
     if ok == 1 then
-      redis.call('HSET', k, 'pos', ARGV[a + 1], 'row', ARGV[a + 2])
+      redis.call('HSET', k, 'pos', after, 'row', row)
       redis.call('PEXPIRE', k, ttl)
     end
   end
