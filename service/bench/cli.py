@@ -26,7 +26,7 @@ Client load runs in separate processes; everything stays on loopback.
 The models are untrained LSTM/GRU/RNN forecasters with seeded random weights
 (speed does not depend on the weights), exported with seqserve.models.export, so the
 benchmark needs the train extra (torch): pip install 'seqserve[train]'.
-A full run takes about three minutes on 2 cores; --smoke runs tiny in seconds.
+A full run takes about seven minutes on 2 cores; --smoke runs tiny in seconds.
 """
 
 

@@ -1,6 +1,6 @@
 """What one benchmark run measures, and how long each load loop may run.
 
-Two presets: the full run (the README's table, about three minutes on a
+Two presets: the full run (the README's table, about seven minutes on a
 2-core machine) and the smoke run (tiny models and windows, a few seconds,
 proves in CI that every scenario works end to end).
 """
