@@ -31,7 +31,7 @@ from seqserve.core.directory import ID, PRINCIPAL, Session, SessionDirectory
 from seqserve.core.journal import Journal, LogStore
 from seqserve.core.records import SessionRow
 from seqserve.core.recovery import Recovered, recover
-from seqserve.core.snapshots import snapshot
+from seqserve.core.snapshots import snapshot_rows
 from seqserve.core.versions import ModelVersion
 
 log = logging.getLogger(__name__)
@@ -168,13 +168,10 @@ class Durability:
             for at in range(0, len(dirty), CHUNK):
                 chunk = dirty[at : at + CHUNK]
                 slab.clean(chunk)
-                mono, wall = self.mono(), time.time()
-                rows = []
-                for slot in chunk.tolist():
-                    s = slab.owners[slot]
-                    if s is not None:  # a free slot's owner is None
-                        rows.append((s[ID], records.encode_row(snapshot(version, s, mono, wall))))
-                if rows:
+                owned = [s for s in map(slab.owners.__getitem__, chunk.tolist()) if s is not None]
+                if owned:  # (a free slot's owner is None)
+                    encoded = snapshot_rows(version, owned, self.mono(), time.time())
+                    rows = list(zip([s[ID] for s in owned], encoded, strict=True))
                     await self.store.save(rows, [])
                     saved += len(rows)
         now = time.time()
