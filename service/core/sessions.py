@@ -3,8 +3,9 @@
 The front ends call this and nothing below it. It checks that the core is
 running, validates requests (seqserve.core.validation), finds sessions in the
 session directory (seqserve.core.directory; the store behind it is chosen by
-whoever builds the manager) and hands the work to the session's model version
-(seqserve.core.versions: its slab and batcher).
+whoever builds the manager), hands the work to the session's model version
+(seqserve.core.versions: its slab and batcher) and each session change to the
+store's persistence (seqserve.core.persistence: none, a journal, or shared).
 
 Semantics worth knowing:
 - Ids, principals, the idle timeout and the session cap are the directory's
@@ -27,9 +28,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import cast
 
-import numpy as np
 import numpy.typing as npt
 
 from seqserve.core import snapshots, validation
@@ -40,7 +39,8 @@ from seqserve.core.directory import ID, SLOT, VERSION, DirectoryFactory, Session
 from seqserve.core.durability import Durability
 from seqserve.core.errors import FailedPrecondition, ResourceExhausted, Unavailable, quoted
 from seqserve.core.figures import Histogram
-from seqserve.core.journal import LogStore, RoundLog
+from seqserve.core.journal import LogStore
+from seqserve.core.persistence import persistence
 from seqserve.core.runtime import LoadedModel, ModelEntry, ModelRegistry
 from seqserve.core.settings import CoreSettings
 from seqserve.core.sharing import SharedStore, Sharing
@@ -92,37 +92,12 @@ class SessionManager:
         self._clock = clock
         self._max_steps = settings.max_steps_per_request
         self.versions: list[ModelVersion] = []
-        # With a durable store every change is journaled, and answered once durable; with
-        # a shared one every change is written through to it (seqserve.core.sharing).
-        self.durability: Durability | None = None
-        self.sharing: Sharing | None = None
-        if getattr(store, "shared", False):
-            self.sharing = Sharing(
-                cast(SharedStore, store),
-                self.versions,
-                settings.session_ttl_s,
-                clock,
-                settings.max_sessions,
-            )
-        elif store is not None:
-            self.durability = Durability(
-                cast(LogStore, store),
-                self.versions,
-                settings.session_ttl_s,
-                clock,
-                on_store_failure or _ignore,
-            )
-        journal: RoundLog | None = None
-        if self.durability is not None:
-            journal = self.durability.journal
-        elif self.sharing is not None:
-            journal = self.sharing
-        self.catalog = Catalog(registry, self.versions, settings, clock, journal)
-        if self.sharing is not None:
-            self.catalog.on_added, self.catalog.on_unloaded = (
-                self.sharing.added,
-                self.sharing.unloaded,
-            )
+        self.store = persistence(store, self.versions, settings, clock, on_store_failure or _ignore)
+        # For introspection: which kind of store, if any (one of the two, or neither).
+        self.durability: Durability | None = self.store.durability
+        self.sharing: Sharing | None = self.store.sharing
+        self.catalog = Catalog(registry, self.versions, settings, clock, self.store.journal)
+        self.store.attach(self.catalog)
         self.directory: SessionDirectory = directory(self.versions, settings, clock)
         ttl = settings.session_ttl_s
         # Sweeping is vectorised per slab (cheap even at a million sessions), so a
@@ -136,11 +111,7 @@ class SessionManager:
     async def start(self) -> None:
         if self._phase != "new":
             raise RuntimeError(f"SessionManager.start: expected a new manager, got {self._phase}")
-        if self.durability is not None:  # recovery runs the models itself, before any batcher
-            await self.durability.open(self.directory)
-            self.directory.on_close = self.durability.closed
-        if self.sharing is not None:
-            await self.sharing.open(self.directory)
+        await self.store.open(self.directory)
         for v in self.versions:
             await v.batcher.start()
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="session sweeper")
@@ -159,10 +130,7 @@ class SessionManager:
                 await self._sweeper
             self._sweeper = None
         await asyncio.gather(*(v.batcher.stop(grace_s) for v in self.versions))
-        if self.durability is not None:
-            await self.durability.close()
-        if self.sharing is not None:
-            await self.sharing.close()
+        await self.store.close()
         self._phase = "stopped"
 
     async def _sweep_forever(self) -> None:
@@ -203,11 +171,7 @@ class SessionManager:
 
     def store_figures(self) -> tuple[str, Histogram] | None:
         """The store's name and its writes' seconds, if there is a store."""
-        if self.durability is not None:
-            return self.durability.store.name, self.durability.journal.write_seconds
-        if self.sharing is not None:
-            return self.sharing.store.name, self.sharing.write_seconds
-        return None
+        return self.store.figures()
 
     @property
     def session_count(self) -> int:
@@ -245,16 +209,10 @@ class SessionManager:
         self._check_running()
         v = self.version(model, version)
         self._check_quota(principal)
-        if self.sharing is not None:
-            self.sharing.make_room()
+        self.store.make_room()
         s = self.directory.create(v, session_id, principal)
         v.created += 1
-        written = None
-        if self.durability is not None:
-            self.durability.created(s, v.label)
-        elif self.sharing is not None:
-            written = self.sharing.created(s, v.label)
-        return self._info(s), written
+        return self._info(s), self.store.created(s, v.label)
 
     def _check_quota(self, principal: str) -> None:
         """A principal at --max-sessions-per-principal gets RESOURCE_EXHAUSTED (after a sweep,
@@ -278,7 +236,7 @@ class SessionManager:
         read it again whatever this copy holds. At once without a shared store."""
         if self.sharing is not None:
             self._check_running()
-            await self.sharing.ensure(session_id, position, latest=latest)
+            await self.store.ensure(session_id, position, latest)
 
     def version_of(self, session_id: str, principal: str) -> ModelVersion:
         """The model version an open session is on (NotFound as for every call on it)."""
@@ -307,12 +265,7 @@ class SessionManager:
         self._check_running()
         s = self.directory.lookup(session_id, principal)
         self.versions[s[VERSION]].slab.reset(s[SLOT], self._clock())
-        written = None
-        if self.durability is not None:
-            self.durability.reset(session_id)
-        elif self.sharing is not None:
-            written = self.sharing.reset(s)
-        return self._info(s), written
+        return self._info(s), self.store.reset(s)
 
     def close(self, session_id: str, principal: str) -> SessionInfo:
         """Close a session; the info returned is its last (position before closing)."""
@@ -331,8 +284,7 @@ class SessionManager:
         info = self._info(s)
         self.directory.close(s)
         self.versions[s[VERSION]].closed += 1
-        written = None if self.sharing is None else self.sharing.closed(session_id)
-        return info, written
+        return info, self.store.closed(session_id)
 
     async def _written(self, written: asyncio.Future[None] | None) -> None:
         """Wait for one change's write (shared store), or for everything so far (journal)."""
@@ -372,18 +324,12 @@ class SessionManager:
         row = snapshots.imported(version, state)  # checksum and shapes
         sid = session_id or state.session_id
         self._check_quota(principal)
-        if self.sharing is not None:
-            self.sharing.make_room()
+        self.store.make_room()
         s = self.directory.create(version, sid, principal)
         row.session_id, row.principal, row.last_access = sid, principal, time.time()
         snapshots.install(version, s[SLOT], row, self._clock(), row.last_access)
         version.created += 1
-        written = None
-        if self.durability is not None:
-            self.durability.imported(row)
-        elif self.sharing is not None:
-            written = self.sharing.imported(s, row)
-        return self._info(s), written
+        return self._info(s), self.store.imported(s, row)
 
     def sweep(self) -> int:
         """Evict every session idle for longer than the TTL; how many were evicted."""
@@ -394,7 +340,7 @@ class SessionManager:
 
         Raises Unavailable if the store could not take them.
         """
-        barrier = None if self.durability is None else self.durability.barrier()
+        barrier = self.store.barrier()
         if barrier is not None:
             await asyncio.shield(barrier)
 
@@ -466,15 +412,7 @@ class SessionManager:
         be (seqserve.core.answers: a retried item is answered again).
         """
         self._check_running()
-        if self.sharing is not None:  # load what is missing here (or stale), all at once
-            at = None if positions is None else np.asarray(positions, np.int64).tolist()
-            stale: dict[str, int | None] = {}
-            for i, sid in enumerate(session_ids):
-                where = None if at is None or i >= len(at) else int(at[i])
-                if sid not in stale and self.sharing.stale(sid, where):
-                    stale[sid] = where
-            if stale:
-                await asyncio.gather(*(self.sharing.ensure(k, w) for k, w in stale.items()))
+        await self.store.ensure_many(session_ids, positions)  # load what is stale here
         plan = BatchPlan(session_ids, times, values, self._max_steps, positions)
         directory = self.directory
         plan.resolve(directory.lookup_many(session_ids, principal), self.versions, directory.ttl_s)
