@@ -22,10 +22,11 @@ from seqserve.core.catalog import Catalog
 from seqserve.core.directory import ID, Session, SessionDirectory
 from seqserve.core.durability import Durability
 from seqserve.core.figures import Histogram
+from seqserve.core.groupcommit import SharedStore
 from seqserve.core.journal import LogStore, RoundLog
 from seqserve.core.records import SessionRow
 from seqserve.core.settings import CoreSettings
-from seqserve.core.sharing import SharedStore, Sharing
+from seqserve.core.sharing import Sharing
 from seqserve.core.versions import ModelVersion
 
 # One change's write to wait for; None: wait for the store's barrier instead.
@@ -156,11 +157,7 @@ class Shared(Persistence):
         self, session_ids: Sequence[str], positions: Sequence[int] | npt.ArrayLike | None
     ) -> None:
         at = None if positions is None else np.asarray(positions, np.int64).tolist()
-        stale: dict[str, int | None] = {}
-        for i, sid in enumerate(session_ids):
-            where = None if at is None or i >= len(at) else int(at[i])
-            if sid not in stale and self._s.stale(sid, where):
-                stale[sid] = where
+        stale = self._s.stale_many(session_ids, at)
         if stale:
             await asyncio.gather(*(self._s.ensure(k, w) for k, w in stale.items()))
 

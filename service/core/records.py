@@ -20,6 +20,7 @@ Shapes: n rows of T steps, F inputs, O outputs; R retained answers.
 from __future__ import annotations
 
 import enum
+import itertools
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -265,7 +266,8 @@ def encode_row(row: SessionRow) -> bytes:
 
 
 def encode_rows(
-    heads: Sequence[tuple[str, str]],
+    session_ids: Sequence[str],
+    principals: Sequence[str],
     label: str,
     positions: I64,
     last_access: npt.NDArray[np.float64],
@@ -279,47 +281,74 @@ def encode_rows(
 ) -> list[bytes]:
     """`encode_row` of n rows of one model version, byte for byte, with columnar work.
 
-    heads: (session id, principal) per row; then one row per session of each
+    session_ids and principals: one per row; then one row per session of each
     column: positions, last_access, counts (n,), state (n, S), last_output (n, O),
     starts and digests (n, R), outputs (n, R, O); long: row index -> its long
     answers, for the rows that have any. Rows carry no pending records.
     """
     n, size = state.shape
-    retained = starts.shape[1]
-    # The fixed-size middle of every row, side by side: (n, bytes per row)
-    middle = np.concatenate(
-        [
-            np.ascontiguousarray(state, "<f4").view(np.uint8),
-            np.ascontiguousarray(last_output, "<f4").view(np.uint8),
-            np.ascontiguousarray(starts, "<i8").view(np.uint8),
-            np.ascontiguousarray(digests, "<u8").view(np.uint8),
-            np.ascontiguousarray(outputs.reshape(n, -1), "<f4").view(np.uint8),
-        ],
-        axis=1,
+    o, retained = last_output.shape[1], starts.shape[1]
+    # Everything after a row's three texts is fixed-size, up to its long answers: one
+    # packed record per row, filled a column at a time. (n,) records of `width` bytes
+    fixed = np.zeros(n, _fixed_dtype(size, o, retained))
+    fixed["position"], fixed["wall"], fixed["count"] = positions, last_access, counts
+    fixed["size"], fixed["o"], fixed["retained"] = size, o, retained
+    fixed["state"], fixed["last_output"] = state, last_output
+    fixed["starts"], fixed["digests"] = starts, digests
+    fixed["outputs"] = outputs.reshape(n, -1)  # (n, R * O)
+    if long:
+        fixed["long"][list(long)] = [len(long[i]) for i in long]
+    width = fixed.dtype.itemsize
+    blob = fixed.tobytes()
+    # The per-row Python is C-level maps: a row's texts, then its slice of the blob.
+    ids = list(map(str.encode, session_ids))
+    owners = list(map(str.encode, principals))
+    cuts = map(slice, range(0, n * width, width), range(width, n * width + 1, width))
+    rows = list(
+        map(
+            b"".join,
+            zip(
+                map(_U16.pack, map(len, ids)),
+                ids,
+                map(_U16.pack, map(len, owners)),
+                owners,
+                itertools.repeat(_text(label)),
+                map(blob.__getitem__, cuts),
+            ),
+        )
     )
-    width = middle.shape[1]
-    blob = middle.tobytes()
-    label_bytes = _text(label)
-    sizes = struct.pack("<HH", last_output.shape[1], retained)
-    no_pending = struct.pack("<I", 0)
-    rows: list[bytes] = []
-    columns = zip(heads, positions.tolist(), last_access.tolist(), counts.tolist(), strict=True)
-    for i, ((sid, principal), position, wall, count) in enumerate(columns):
-        answers = long.get(i)
-        parts = [
-            _text(sid),
-            _text(principal),
-            label_bytes,
-            _ROW.pack(position, wall, count, size, len(answers) if answers else 0),
-            sizes,
-            blob[i * width : (i + 1) * width],
+    for i, answers in long.items():  # their answers go between the arrays and the pending count
+        extra = [
+            struct.pack("<BI", ring, len(a)) + a.astype("<f4").tobytes()
+            for ring, a in sorted(answers.items())
         ]
-        if answers:
-            for ring, answer in sorted(answers.items()):
-                parts.append(struct.pack("<BI", ring, len(answer)) + answer.astype("<f4").tobytes())
-        parts.append(no_pending)
-        rows.append(b"".join(parts))
+        rows[i] = b"".join((rows[i][:-_NO_PENDING], *extra, rows[i][-_NO_PENDING:]))
     return rows
+
+
+_NO_PENDING = 4  # bytes of a row's pending-record count (u32 0) at its end
+
+
+def _fixed_dtype(size: int, o: int, retained: int) -> np.dtype[np.void]:
+    """A row after its texts, with no long answers: `_ROW`, the sizes, the arrays, and the
+    pending count, packed (no alignment padding) in `encode_row`'s order."""
+    return np.dtype(
+        [
+            ("position", "<i8"),
+            ("wall", "<f8"),
+            ("count", "<u4"),
+            ("size", "<u4"),
+            ("long", "<u4"),
+            ("o", "<u2"),
+            ("retained", "<u2"),
+            ("state", "<f4", (size,)),
+            ("last_output", "<f4", (o,)),
+            ("starts", "<i8", (retained,)),
+            ("digests", "<u8", (retained,)),
+            ("outputs", "<f4", (retained * o,)),
+            ("pending", "<u4"),
+        ]
+    )
 
 
 def decode_row(data: bytes | memoryview) -> SessionRow:

@@ -39,11 +39,12 @@ from seqserve.core.directory import ID, SLOT, VERSION, DirectoryFactory, Session
 from seqserve.core.durability import Durability
 from seqserve.core.errors import FailedPrecondition, ResourceExhausted, Unavailable, quoted
 from seqserve.core.figures import Histogram
+from seqserve.core.groupcommit import SharedStore
 from seqserve.core.journal import LogStore
 from seqserve.core.persistence import persistence
 from seqserve.core.runtime import LoadedModel, ModelEntry, ModelRegistry
 from seqserve.core.settings import CoreSettings
-from seqserve.core.sharing import SharedStore, Sharing
+from seqserve.core.sharing import Sharing
 from seqserve.core.snapshots import SessionExport
 from seqserve.core.versions import ModelVersion
 from seqserve.core.work import ForecastResult, Reply, StepResult

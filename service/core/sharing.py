@@ -35,58 +35,29 @@ locality, but correctness never depends on it:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from operator import itemgetter
+from typing import cast
 
 import numpy as np
 
 from seqserve.core import records
-from seqserve.core.cas import APPLIED, CONFLICT, CREATE, DELETE, EXISTING, MISSING, Op
+from seqserve.core.cas import CREATE, DELETE, EXISTING, Op
 from seqserve.core.directory import SLOT, VERSION, Session, SessionDirectory
 from seqserve.core.errors import (
-    AlreadyExists,
     FailedPrecondition,
-    NotFound,
-    SeqServeError,
     Unavailable,
 )
-from seqserve.core.figures import STORE_SECONDS, Histogram
+from seqserve.core.groupcommit import GroupCommit, SharedStore
 from seqserve.core.records import SessionRow, decode_row, encode_row
 from seqserve.core.snapshots import check_shapes, install, snapshot, snapshot_rows
 from seqserve.core.versions import ModelVersion
 
 log = logging.getLogger(__name__)
 
-
-class SharedStore(Protocol):
-    """A store several servers use at once, one compare-and-set per session."""
-
-    @property
-    def name(self) -> str: ...
-
-    async def open(self) -> None: ...
-
-    async def load(self, session_id: str) -> bytes | None:
-        """The session's row, or None if there is none (never created, closed, expired)."""
-        ...
-
-    async def write(self, ops: list[Op], ttl_ms: int) -> list[int]:
-        """Apply each op whose condition holds, in order: APPLIED, CONFLICT or MISSING each."""
-        ...
-
-    async def close(self) -> None: ...
-
-
-class _Pending:
-    __slots__ = ("future", "kind", "ops")
-
-    def __init__(self, ops: list[Op], kind: str, future: asyncio.Future[None]) -> None:
-        self.ops = ops
-        self.kind = kind
-        self.future = future
+_version, _slot = itemgetter(VERSION), itemgetter(SLOT)
 
 
 class Sharing:
@@ -108,18 +79,12 @@ class Sharing:
         self.mono = mono
         self._directory: SessionDirectory | None = None
         self._by_label: dict[str, ModelVersion] = {}  # from open: versions come after
-        self._pending: list[_Pending] = []
-        self._batch: asyncio.Future[None] | None = None  # done when the pending ops are written
-        self._in_flight: asyncio.Future[None] | None = None
-        self._wake: asyncio.Event | None = None
-        self._writer: asyncio.Task[None] | None = None
+        self._writes = GroupCommit(store, self.ttl_ms, self.evict)
         self._loading: dict[str, asyncio.Future[None]] = {}
         # Figures for tests and metrics.
         self.loads = 0
         self.dropped = 0  # copies dropped to make room
-        self.conflicts = 0
-        self.writes = 0
-        self.write_seconds = Histogram(STORE_SECONDS)
+        self.write_seconds = self._writes.write_seconds
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -128,19 +93,17 @@ class Sharing:
         self._by_label = {v.label: v for v in self.versions}
         directory.on_close = None  # a cached copy going never deletes the stored session
         await self.store.open()
-        self._wake = asyncio.Event()
-        self._writer = asyncio.create_task(self._write_forever(), name="shared store writer")
+        self._writes.start()
         log.info("store %s: sessions shared with every server that uses it", self.store.name)
 
     async def close(self) -> None:
-        if self._writer is not None:
-            while self._pending or (self._in_flight is not None and not self._in_flight.done()):
-                await asyncio.sleep(0.005)  # what was applied is written before closing
-            self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
-            self._writer = None
+        await self._writes.stop()  # what was applied is written before closing
         await self.store.close()
+
+    @property
+    def conflicts(self) -> int:
+        """Steps refused because another server changed their session first."""
+        return self._writes.conflicts
 
     # --- the cache ------------------------------------------------------------------------
 
@@ -176,6 +139,32 @@ class Sharing:
         assert directory is not None, "the shared store is not open"
         s = directory.get(session_id)
         return s is None or not self._fresh(s, position, latest)
+
+    def stale_many(self, session_ids: Sequence[str], at: list[int] | None) -> dict[str, int | None]:
+        """`stale` of a batch's sessions (item i expected at at[i], if given): the stale
+        ones, each with the position to load it at."""
+        directory = self._directory
+        assert directory is not None, "the shared store is not open"
+        sessions = list(map(directory.get, session_ids))
+        if sessions and None not in sessions:
+            found = cast(list[Session], sessions)
+            if len(versions := set(map(_version, found))) == 1:
+                # The usual batch: all here on one version, none idle past the TTL, none
+                # asked beyond its position. Checked columnwise; anything else, one by one.
+                slab = self.versions[versions.pop()].slab
+                slots = np.fromiter(map(_slot, found), np.int64, len(found))
+                fresh = not (self.mono() - slab.last_access[slots] > self.ttl_s).any()
+                if fresh and at is not None:
+                    asked = np.asarray(at[: len(found)], np.int64)
+                    fresh = not (asked > slab.position[slots[: len(asked)]]).any()
+                if fresh:
+                    return {}
+        stale: dict[str, int | None] = {}
+        for i, sid in enumerate(session_ids):
+            where = None if at is None or i >= len(at) else at[i]
+            if sid not in stale and self.stale(sid, where):
+                stale[sid] = where
+        return stale
 
     def _fresh(self, s: Session, position: int | None, latest: bool) -> bool:
         version = self.versions[s[VERSION]]
@@ -297,6 +286,16 @@ class Sharing:
         directory = self._directory
         assert directory is not None
         ids, starts, t = records.steps_of(record)  # the arrays are not needed: the rows are
+        mono, wall = self.mono(), time.time()
+        sessions = list(map(directory.get, ids))
+        if sessions and None not in sessions:
+            # The usual round: every session still here, all on one version (a round's
+            # are). Built with C-level passes: the per-session loop below costs more.
+            found = cast(list[Session], sessions)
+            if len(versions := set(map(_version, found))) == 1:
+                rows = snapshot_rows(self.versions[versions.pop()], found, mono, wall)
+                ends = [start + t for start in starts]
+                return self._add(list(zip(ids, starts, ends, rows, strict=True)), "steps")
         ops: list[Op] = []
         live: dict[int, list[tuple[int, Session]]] = {}  # version -> (op index, session)
         for sid, start in zip(ids, starts, strict=True):
@@ -306,7 +305,6 @@ class Sharing:
             # An evicted session (since its round committed) keeps the empty row: nothing
             # to write, not answered.
             ops.append((sid, start, start + t, b""))
-        mono, wall = self.mono(), time.time()
         for v, members in live.items():  # a round's sessions share a version: one call
             rows = snapshot_rows(self.versions[v], [s for _, s in members], mono, wall)
             for (i, _), row in zip(members, rows, strict=True):
@@ -316,86 +314,7 @@ class Sharing:
 
     def barrier(self) -> asyncio.Future[None] | None:
         """Done once everything added so far is written (whatever each op's outcome)."""
-        if self._pending:
-            return self._batch
-        if self._in_flight is not None and not self._in_flight.done():
-            return self._in_flight
-        return None
+        return self._writes.barrier()
 
     def _add(self, ops: list[Op], kind: str) -> asyncio.Future[None]:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        if self._wake is None:
-            future.set_exception(Unavailable("the session store is not open"))
-            future.exception()
-            return future
-        if not self._pending:
-            self._batch = loop.create_future()
-        self._pending.append(_Pending(ops, kind, future))
-        self._wake.set()
-        return future
-
-    async def _write_forever(self) -> None:
-        assert self._wake is not None
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._pending:
-                batch, self._pending = self._pending, []
-                done, self._batch = self._batch, None
-                self._in_flight = done
-                ops = [op for p in batch for op in p.ops if op[3] or op[1] == DELETE]
-                began = time.perf_counter()
-                try:
-                    applied = await self.store.write(ops, self.ttl_ms) if ops else []
-                except Exception as exc:
-                    self._store_failed(batch, exc)
-                else:
-                    self.write_seconds.observe(time.perf_counter() - began)
-                    self.writes += 1
-                    self._settle(batch, applied)
-                if done is not None and not done.done():
-                    done.set_result(None)
-
-    def _settle(self, batch: list[_Pending], outcomes: list[int]) -> None:
-        results = iter(outcomes)
-        for p in batch:
-            lost: list[str] = []
-            missing = False
-            for op in p.ops:
-                outcome = next(results) if op[3] or op[1] == DELETE else CONFLICT
-                if outcome != APPLIED:
-                    lost.append(op[0])
-                    missing = missing or outcome == MISSING
-            if not lost:
-                p.future.set_result(None)
-                continue
-            p.future.set_exception(self._refusal(p.kind, lost, missing))
-            p.future.exception()  # retrieved: whoever waits on it sees it, nobody must
-            if p.kind != "close":
-                for sid in lost:
-                    self.evict(sid)
-
-    def _refusal(self, kind: str, lost: list[str], missing: bool) -> SeqServeError:
-        sid = lost[0]
-        if kind == "create":
-            return AlreadyExists(f"session {sid!r} already exists")
-        if kind == "reset" or missing:
-            return NotFound(
-                f"session {sid!r} was closed or expired on another server; the step was not applied"
-            )
-        self.conflicts += len(lost)
-        return Unavailable(
-            f"session {sid!r} was changed on another server while this step ran here; "
-            "it was not applied: send it again"
-        )
-
-    def _store_failed(self, batch: list[_Pending], exc: BaseException) -> None:
-        log.error("store %s: a write failed (%s: %s)", self.store.name, type(exc).__name__, exc)
-        err = Unavailable(f"the session store is unavailable ({type(exc).__name__}): retry")
-        for p in batch:
-            p.future.set_exception(err)
-            p.future.exception()
-            for op in p.ops:  # their fate in the store is not known: reload when next asked
-                if op[1] != DELETE:
-                    self.evict(op[0])
+        return self._writes.add(ops, kind)

@@ -11,6 +11,7 @@ import hashlib
 import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 
 import numpy as np
 
@@ -50,11 +51,16 @@ def snapshot_rows(
     128x2), most of it numpy calls on one slot at a time.
     """
     slab, answers = version.slab, version.slab.answers
-    slots = np.fromiter((s[SLOT] for s in sessions), np.int64, len(sessions))
+    slots = np.fromiter(map(_slot, sessions), np.int64, len(sessions))
     by_slot = answers.long_of(slots)
-    long = {i: by_slot[slot] for i, slot in enumerate(slots.tolist()) if slot in by_slot}
+    long = (
+        {i: by_slot[slot] for i, slot in enumerate(slots.tolist()) if slot in by_slot}
+        if by_slot
+        else {}
+    )
     return encode_rows(
-        [(s[ID], s[PRINCIPAL]) for s in sessions],
+        list(map(_id, sessions)),
+        list(map(_principal, sessions)),
         version.label,
         slab.position[slots],
         wall - (mono - slab.last_access[slots]),  # (n,) on the wall clock, as `snapshot`
@@ -66,6 +72,9 @@ def snapshot_rows(
         answers.outputs[slots],
         long,
     )
+
+
+_id, _principal, _slot = itemgetter(ID), itemgetter(PRINCIPAL), itemgetter(SLOT)
 
 
 def install(version: ModelVersion, slot: int, row: SessionRow, mono: float, wall: float) -> None:

@@ -13,8 +13,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # settings parse --store with this module: it stays light
+    from seqserve.core.groupcommit import SharedStore
     from seqserve.core.journal import LogStore
-    from seqserve.core.sharing import SharedStore
 
 KINDS = ("memory", "sqlite:PATH", "redis://HOST:PORT/DB")
 
