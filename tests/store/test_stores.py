@@ -107,6 +107,45 @@ def test_redis_writes_are_compare_and_set_per_session(redis_server: RedisServer)
     asyncio.run(main())
 
 
+def test_redis_positions_stay_exact_past_a_doubles_precision(redis_server: RedisServer) -> None:
+    """Positions travel to the script as text: 2**60 + 1 is not rounded to 2**60."""
+
+    async def main() -> None:
+        store = RedisStore(redis_server.url)
+        await store.open()
+        big = 2**60
+        assert await store.write([("s", CREATE, big + 1, b"r1"), ("t", CREATE, 7, b"t")], 1000) == [
+            APPLIED,
+            APPLIED,
+        ]
+        assert await store.write([("s", big, big + 2, b"no"), ("t", 7, 8, b"t8")], 1000) == [
+            CONFLICT,
+            APPLIED,
+        ]
+        assert await store.write([("s", big + 1, big + 2, b"r2")], 1000) == [APPLIED]
+        assert await store.load("s") == b"r2"
+        await store.close()
+
+    asyncio.run(main())
+
+
+def test_redis_commands_packed_in_c_are_the_bytes_redis_py_packs() -> None:
+    """The store's connections pack with hiredis; the bytes on the wire are redis-py's."""
+    from redis.asyncio.connection import Connection
+
+    from seqserve.store.redis import _packing_in_c
+
+    plain, packed = Connection(), _packing_in_c(Connection)()
+    commands: list[tuple[str | bytes | int | float, ...]] = [
+        ("EVALSHA", "ab" * 20, 2, "seqserve:{a}", "seqserve:{é}", 60_000, "3 4 create 1", b"\x00r"),
+        ("CONFIG GET", "appendonly"),  # a two-word command name: two arguments
+        (b"HGET", b"seqserve:{a}", "row"),
+        ("SET", "k", 2.5),
+    ]
+    for command in commands:
+        assert b"".join(packed.pack_command(*command)) == b"".join(plain.pack_command(*command))
+
+
 def test_a_redis_prefix_of_another_format_is_refused(redis_server: RedisServer) -> None:
     async def main() -> None:
         import redis.asyncio as aredis
