@@ -20,6 +20,7 @@ Shapes: n rows of T steps, F inputs, O outputs; R retained answers.
 from __future__ import annotations
 
 import enum
+import functools
 import itertools
 import struct
 from collections.abc import Sequence
@@ -329,6 +330,7 @@ def encode_rows(
 _NO_PENDING = 4  # bytes of a row's pending-record count (u32 0) at its end
 
 
+@functools.cache  # one per model version's shapes; making one costs more than a small round
 def _fixed_dtype(size: int, o: int, retained: int) -> np.dtype[np.void]:
     """A row after its texts, with no long answers: `_ROW`, the sizes, the arrays, and the
     pending count, packed (no alignment padding) in `encode_row`'s order."""
