@@ -143,28 +143,38 @@ class Sharing:
     def stale_many(self, session_ids: Sequence[str], at: list[int] | None) -> dict[str, int | None]:
         """`stale` of a batch's sessions (item i expected at at[i], if given): the stale
         ones, each with the position to load it at."""
-        directory = self._directory
-        assert directory is not None, "the shared store is not open"
-        sessions = list(map(directory.get, session_ids))
-        if sessions and None not in sessions:
-            found = cast(list[Session], sessions)
-            if len(versions := set(map(_version, found))) == 1:
-                # The usual batch: all here on one version, none idle past the TTL, none
-                # asked beyond its position. Checked columnwise; anything else, one by one.
-                slab = self.versions[versions.pop()].slab
-                slots = np.fromiter(map(_slot, found), np.int64, len(found))
-                fresh = not (self.mono() - slab.last_access[slots] > self.ttl_s).any()
-                if fresh and at is not None:
-                    asked = np.asarray(at[: len(found)], np.int64)
-                    fresh = not (asked > slab.position[slots[: len(asked)]]).any()
-                if fresh:
-                    return {}
+        common = self._on_one_version(session_ids)
+        if common is not None:
+            # The usual batch: none idle past the TTL, none asked beyond its position.
+            # Checked columnwise; anything else, one by one.
+            slab, found = common[0].slab, common[1]
+            slots = np.fromiter(map(_slot, found), np.int64, len(found))
+            fresh = not (self.mono() - slab.last_access[slots] > self.ttl_s).any()
+            if fresh and at is not None:
+                asked = np.asarray(at[: len(found)], np.int64)
+                fresh = not (asked > slab.position[slots[: len(asked)]]).any()
+            if fresh:
+                return {}
         stale: dict[str, int | None] = {}
         for i, sid in enumerate(session_ids):
             where = None if at is None or i >= len(at) else at[i]
             if sid not in stale and self.stale(sid, where):
                 stale[sid] = where
         return stale
+
+    def _on_one_version(
+        self, session_ids: Sequence[str]
+    ) -> tuple[ModelVersion, list[Session]] | None:
+        """The sessions, if every one is cached here and all on one version (a round's
+        are, a batch's usually): what the columnar paths need. Otherwise None."""
+        directory = self._directory
+        assert directory is not None, "the shared store is not open"
+        sessions = list(map(directory.get, session_ids))
+        if not sessions or None in sessions:
+            return None
+        found = cast(list[Session], sessions)
+        versions = set(map(_version, found))
+        return (self.versions[versions.pop()], found) if len(versions) == 1 else None
 
     def _fresh(self, s: Session, position: int | None, latest: bool) -> bool:
         version = self.versions[s[VERSION]]
@@ -287,15 +297,11 @@ class Sharing:
         assert directory is not None
         ids, starts, t = records.steps_of(record)  # the arrays are not needed: the rows are
         mono, wall = self.mono(), time.time()
-        sessions = list(map(directory.get, ids))
-        if sessions and None not in sessions:
-            # The usual round: every session still here, all on one version (a round's
-            # are). Built with C-level passes: the per-session loop below costs more.
-            found = cast(list[Session], sessions)
-            if len(versions := set(map(_version, found))) == 1:
-                rows = snapshot_rows(self.versions[versions.pop()], found, mono, wall)
-                ends = [start + t for start in starts]
-                return self._add(list(zip(ids, starts, ends, rows, strict=True)), "steps")
+        common = self._on_one_version(ids)
+        if common is not None:  # the usual round: C-level passes, not the loop below
+            rows = snapshot_rows(common[0], common[1], mono, wall)
+            ends = [start + t for start in starts]
+            return self._add(list(zip(ids, starts, ends, rows, strict=True)), "steps")
         ops: list[Op] = []
         live: dict[int, list[tuple[int, Session]]] = {}  # version -> (op index, session)
         for sid, start in zip(ids, starts, strict=True):
